@@ -1,9 +1,11 @@
 """Shared fixtures: a real HTTP server on 127.0.0.1 for the download tests (nothing else is contacted)."""
 import contextlib
 import http.server
+import os
 import threading
 
 import pytest
+import torch
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -59,3 +61,7 @@ def serve():
     """``with serve({"/path": bytes}) as server``: ``server.url(path)``, ``server.requests`` (path, Range
     header) seen, and switches ``server.cut_next`` (hang up midway) and ``server.ignore_range``."""
     return _serve
+
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)  # `make test` runs two workers on two cores: one thread each, no oversubscription

@@ -1,0 +1,161 @@
+import json
+import os
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from minidiff import checkpoints
+from minidiff.checkpoints import (hardware_description, load_pretrained, read_manifest, save_safetensors_atomic,
+                                  save_weights, write_json_atomic)
+from minidiff.download import DataError
+
+
+@dataclass
+class NetConfig:
+    width: int = 8
+    sizes: tuple = (1, 2)
+
+
+class Net(nn.Module):
+    def __init__(self, width=8, sizes=(1, 2)):
+        super().__init__()
+        self.config = NetConfig(width, tuple(sizes))
+        self.layer = nn.Linear(3, width)
+        self.norm = nn.BatchNorm1d(width)
+
+
+class Other(nn.Module):
+    def __init__(self, width=8):
+        super().__init__()
+        self.config = {"width": width}
+        self.layer = nn.Linear(3, width)
+
+
+def save(model, name, directory):
+    return save_weights(model, name, directory=directory, recipe=f"python -m minidiff train {name}",
+                        data="random", steps=3, wall_time_s=1.25, hardware="test rig", metrics={"acc": 0.5})
+
+
+def test_round_trip(tmp_path):
+    model = Net(width=4)
+    nn.init.normal_(model.layer.weight)
+    path = save(model, "net", tmp_path)
+    save(Other(), "other", tmp_path)
+
+    loaded = load_pretrained("net", Net, directory=tmp_path)
+    assert not loaded.training and loaded.config == NetConfig(4, (1, 2))
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, loaded.state_dict()[k])
+
+    entry = read_manifest(tmp_path)["net"]
+    assert entry["file"] == "net.safetensors" and entry["model"] == "Net"
+    assert entry["config"] == {"width": 4, "sizes": [1, 2]}
+    assert entry["recipe"] == "python -m minidiff train net" and entry["metrics"] == {"acc": 0.5}
+    assert {"sha256", "data", "steps", "wall_time_s", "hardware", "created"} <= entry.keys()
+    assert set(read_manifest(tmp_path)) == {"net", "other"}
+    assert load_file(path).keys() == model.state_dict().keys()  # plain safetensors, no pickle
+
+
+def test_unknown_name_lists_available(tmp_path):
+    save(Net(), "net", tmp_path)
+    with pytest.raises(DataError, match=r"'vae'.*manifest\.json.*available: net.*python -m minidiff train vae"):
+        load_pretrained("vae", Net, directory=tmp_path)
+
+
+def test_missing_file_names_recipe(tmp_path):
+    save(Net(), "net", tmp_path).unlink()
+    with pytest.raises(DataError, match=r"net\.safetensors is missing.*python -m minidiff train net"):
+        load_pretrained("net", Net, directory=tmp_path)
+
+
+def test_corrupt_file(tmp_path):
+    path = save(Net(), "net", tmp_path)
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(DataError, match=r"net\.safetensors is corrupt.*python -m minidiff train net.*git"):
+        load_pretrained("net", Net, directory=tmp_path)
+
+
+def test_wrong_model_class(tmp_path):
+    save(Other(), "other", tmp_path)
+    with pytest.raises(DataError, match=r"other\.safetensors holds a Other, not a Net"):
+        load_pretrained("other", Net, directory=tmp_path)
+
+
+def test_config_mismatch(tmp_path):
+    save(Net(), "net", tmp_path)
+    manifest = read_manifest(tmp_path)
+    manifest["net"]["config"]["width"] = 16
+    write_json_atomic(manifest, tmp_path / "manifest.json")
+    with pytest.raises(DataError, match=r"net\.safetensors was saved with config"):
+        load_pretrained("net", Net, directory=tmp_path)
+
+
+def test_state_dict_mismatch(tmp_path):
+    save(Net(), "net", tmp_path)
+
+    class Changed(nn.Module):  # the code changed since the file was saved
+        def __init__(self, width=8, sizes=(1, 2)):
+            super().__init__()
+            self.layer = nn.Linear(5, width)
+
+    Changed.__name__ = "Net"
+    with pytest.raises(DataError, match=r"net\.safetensors does not fit Net.*layer\.weight is \(8, 3\).*"
+                                        r"unexpected norm"):
+        load_pretrained("net", Changed, directory=tmp_path)
+
+
+def test_atomic_write_keeps_old_file_when_rename_fails(tmp_path, monkeypatch):
+    path = save_safetensors_atomic({"x": torch.zeros(2)}, tmp_path / "w.safetensors")
+    write_json_atomic({"a": 1}, tmp_path / "m.json")
+
+    def fail(src, dst):
+        raise OSError("power cut")
+
+    monkeypatch.setattr(os, "replace", fail)
+    with pytest.raises(OSError):
+        save_safetensors_atomic({"x": torch.ones(2)}, path)
+    with pytest.raises(OSError):
+        write_json_atomic({"a": 2}, tmp_path / "m.json")
+    assert torch.equal(load_file(path)["x"], torch.zeros(2))
+    assert json.loads((tmp_path / "m.json").read_text()) == {"a": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "w.safetensors"]  # no temp files left
+
+
+def test_atomic_write_keeps_old_file_when_writing_fails(tmp_path):
+    path = save_safetensors_atomic({"x": torch.zeros(2)}, tmp_path / "w.safetensors")
+    with pytest.raises(Exception):
+        save_safetensors_atomic({"x": torch.ones(2)}, path, metadata={"not": 1})  # metadata must be str
+    assert torch.equal(load_file(path)["x"], torch.zeros(2))
+    assert [p.name for p in tmp_path.iterdir()] == ["w.safetensors"]
+
+
+def test_optimizer_and_rng_state_round_trip():
+    param = nn.Parameter(torch.randn(3))
+    opt = torch.optim.AdamW([param], lr=0.1)
+    param.grad = torch.ones(3)
+    opt.step()
+    tensors, saved = checkpoints.optimizer_state(opt, "optimizer.x")
+    saved = json.loads(json.dumps(saved))  # as it comes back from checkpoint.json
+    copy = torch.optim.AdamW([nn.Parameter(param.detach().clone())], lr=0.5)
+    checkpoints.load_optimizer_state(copy, tensors, saved, "optimizer.x")
+    assert copy.param_groups[0]["lr"] == 0.1
+    for key, value in opt.state[param].items():
+        assert torch.equal(value, copy.state[copy.param_groups[0]["params"][0]][key])
+
+    rng_tensors, rng = checkpoints.rng_state()
+    expected = (torch.rand(2), random.random(), np.random.rand())
+    checkpoints.set_rng_state(rng_tensors, json.loads(json.dumps(rng)))
+    assert torch.equal(torch.rand(2), expected[0])
+    assert random.random() == expected[1]
+    assert np.random.rand() == expected[2]
+
+
+def test_hardware_description():
+    assert f"torch {torch.__version__}" in hardware_description()
