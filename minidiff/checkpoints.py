@@ -20,7 +20,6 @@ import json
 import os
 import platform
 import random
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -28,39 +27,22 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from minidiff.download import DataError, data_dir, sha256sum, verify_sha256
+from minidiff.download import DataError, data_dir, sha256sum, verify_sha256, write_atomic
 
 
 # ----------------------------------------------------------------------------- atomic writes
-
-def _write_atomic(path, write) -> Path:
-    """Call ``write(tmp_path)``, fsync the result, then rename it to ``path`` in one atomic step."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())  # the data must be on disk before the rename makes it visible
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
 
 def save_safetensors_atomic(tensors: dict, path, metadata: dict | None = None) -> Path:
     """Write ``tensors`` (name -> Tensor) and string ``metadata`` to a safetensors file, atomically."""
     # safetensors refuses views and tensors sharing memory (tied weights), so store plain copies
     tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()}
-    return _write_atomic(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+    return write_atomic(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
 
 
 def write_json_atomic(obj, path) -> Path:
     """Write ``obj`` as indented JSON, atomically."""
     text = json.dumps(obj, indent=2) + "\n"
-    return _write_atomic(path, lambda tmp: Path(tmp).write_text(text))
+    return write_atomic(path, lambda tmp: Path(tmp).write_text(text))
 
 
 # ----------------------------------------------------------------------------- shipped weights

@@ -8,7 +8,6 @@ The cache keeps the captions in the safetensors header (a JSON string per key), 
 travel in one file that is written atomically and can never get out of step.
 """
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 from tqdm.auto import tqdm
 
-from minidiff.download import DataError, data_dir, download, extract
+from minidiff.download import DataError, data_dir, download, extract, write_atomic
 
 ANNOTATIONS = ("http://images.cocodataset.org/annotations/annotations_trainval2017.zip",
                "f4bbac642086de4f52a3fdda2de5fa2c")  # (url, md5 published by COCO)
@@ -126,10 +125,7 @@ def build_coco_subset(captions_json, image_dir, *, size: int = 64, n: int = None
         "file_names": json.dumps([file_name for _, file_name, _ in records]),
         "captions": json.dumps([captions for _, _, captions in records]),
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    save_file({"images": images}, tmp, metadata=metadata)
-    os.replace(tmp, out)  # atomic: a crash never leaves a half-written cache under the real name
+    write_atomic(out, lambda tmp: save_file({"images": images}, tmp, metadata=metadata))
     return out
 
 

@@ -11,14 +11,13 @@ import hashlib
 import os
 import shutil
 import struct
-import tempfile
 import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .download import DataError, data_dir, download
+from .download import DataError, data_dir, download, write_atomic
 
 IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
               0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
@@ -77,12 +76,11 @@ def write_idx(array: np.ndarray, path) -> None:
     """Write a uint8/int8 array as a gzipped IDX file, atomically and byte-reproducibly (mtime 0)."""
     array = np.ascontiguousarray(array)
     header = bytes([0, 0, IDX_CODES[array.dtype], array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".part")
-    with os.fdopen(fd, "wb") as f, gzip.GzipFile(fileobj=f, mode="wb", mtime=0, filename="") as gz:
-        gz.write(header + array.tobytes())
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
+
+    def write(tmp):
+        with open(tmp, "wb") as f, gzip.GzipFile(fileobj=f, mode="wb", mtime=0, filename="") as gz:
+            gz.write(header + array.tobytes())
+    write_atomic(path, write)
 
 
 def _load_pair(folder: Path, split: str, hashes: dict, fix: str):

@@ -44,6 +44,28 @@ def _hexdigest(path, algorithm: str) -> str:
     return digest.hexdigest()
 
 
+def write_atomic(path, write) -> Path:
+    """Call ``write(tmp_path)``, fsync the result, then rename it to ``path`` in one atomic step.
+
+    Every file minidiff writes goes through here: a crash leaves the old file or the new one,
+    never half of one. The temporary file sits in the same folder, so the rename cannot cross disks.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    os.chmod(tmp, 0o644)  # mkstemp makes files private; these are ordinary data files
+    try:
+        write(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())  # the data must be on disk before the rename makes it visible
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
 def sha256sum(path) -> str:
     return _hexdigest(path, "sha256")
 

@@ -1,0 +1,88 @@
+"""The command line: ``python -m minidiff --help``."""
+import argparse
+import json
+import sys
+
+from .download import DataError
+
+
+def cmd_demo(args):
+    from .demo import make_demo
+    print(f"wrote {make_demo(args.out)}")
+
+
+def cmd_train(args):
+    from .recipes import RECIPES
+    if args.recipe not in RECIPES:
+        sys.exit(f"unknown recipe {args.recipe!r}; available: {', '.join(sorted(RECIPES))}")
+    print(json.dumps(RECIPES[args.recipe](fast=args.fast, device=args.device), indent=2))
+
+
+def cmd_sample(args):
+    from .generators import GENERATORS, save_samples
+    if args.source not in GENERATORS:
+        sys.exit(f"unknown source {args.source!r}; available: {', '.join(sorted(GENERATORS))}")
+    images, labels = GENERATORS[args.source](args.n, args.seed)
+    for path in save_samples(images, labels, args.out):
+        print(f"wrote {path}")
+
+
+def cmd_evaluate(args):
+    from .metrics import PROTOCOL_SAMPLES, evaluate_samples, real_vs_real_fid
+    from .generators import load_samples
+    if args.samples is None:
+        print(f"real-vs-real classifier-FID ({PROTOCOL_SAMPLES} train digits vs the test set): "
+              f"{real_vs_real_fid():.4f}")
+        return
+    images, labels = load_samples(args.samples)
+    print(json.dumps(evaluate_samples(images, labels), indent=2))
+
+
+def cmd_data(args):
+    from .cifar10 import fetch_cifar10
+    from .coco import build_coco_subset, fetch_coco
+    from .data import fetch_fashion_mnist
+    fetchers = {"fashion-mnist": fetch_fashion_mnist, "cifar10": fetch_cifar10,
+                "coco": lambda: build_coco_subset(*fetch_coco(), size=64)}
+    print(f"ready: {fetchers[args.dataset]()}")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m minidiff",
+                                     description="minidiff: how AI image generation works, from scratch.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="write a picture sheet of what the course has built so far")
+    p.add_argument("--out", default="outputs/demo.png")
+    p.set_defaults(run=cmd_demo)
+
+    p = sub.add_parser("train", help="run a recipe: train a model and ship its weights with a manifest entry")
+    p.add_argument("recipe", help="e.g. mnist_classifier")
+    p.add_argument("--fast", action="store_true", help="a few steps only; shipped weights are left alone")
+    p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, mps")
+    p.set_defaults(run=cmd_train)
+
+    p = sub.add_parser("sample", help="draw images from a model or data source into a PNG grid + safetensors")
+    p.add_argument("source", help="what to sample, e.g. mnist, shapes")
+    p.add_argument("-n", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="outputs/samples.png")
+    p.set_defaults(run=cmd_sample)
+
+    p = sub.add_parser("evaluate", help="score samples with the course's protocol (classifier-FID and more)")
+    p.add_argument("samples", nargs="?", help="a .safetensors written by `sample`; omit for the real-vs-real floor")
+    p.set_defaults(run=cmd_evaluate)
+
+    p = sub.add_parser("data", help="fetch a dataset that does not ship with minidiff (checksummed, resumable)")
+    p.add_argument("dataset", choices=["fashion-mnist", "cifar10", "coco"])
+    p.set_defaults(run=cmd_data)
+
+    args = parser.parse_args(argv)
+    try:
+        args.run(args)
+    except DataError as err:
+        sys.exit(f"error: {err}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,73 @@
+"""The project's own promises: pinned environments agree, every chapter is tested, the CLI is there."""
+import json
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = sorted((ROOT / "chapters").glob("*.ipynb"))
+
+
+def pins(lines):
+    found = {}
+    for line in lines:
+        match = re.match(r"^\s*(?:-\s+)?([A-Za-z0-9_.-]+)==([^\s#]+)", line)
+        if match:
+            found[match[1].lower().replace("_", "-")] = match[2]
+    return found
+
+
+def test_environment_yml_pins_the_same_versions_as_constraints():
+    constraints = pins((ROOT / "constraints.txt").read_text().splitlines())
+    conda = pins((ROOT / "environment.yml").read_text().splitlines())
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    direct = project["dependencies"] + project["optional-dependencies"]["dev"]
+    names = {re.match(r"[A-Za-z0-9_.-]+", d)[0].lower() for d in direct}
+    assert names <= conda.keys(), f"environment.yml lacks {names - conda.keys()}"
+    assert names <= constraints.keys(), f"constraints.txt lacks {names - constraints.keys()}"
+    assert {n: conda[n] for n in conda} == {n: constraints[n] for n in conda}
+
+
+def test_torch_is_the_pinned_cpu_release():
+    assert pins((ROOT / "constraints.txt").read_text().splitlines())["torch"] == "2.13.0"
+
+
+def test_every_chapter_is_collected_by_nbval():
+    out = subprocess.run([sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:xdist",
+                          str(ROOT / "chapters")], capture_output=True, text=True, cwd=ROOT).stdout
+    assert NOTEBOOKS, "no chapters found"
+    for notebook in NOTEBOOKS:
+        assert f"chapters/{notebook.name}::Cell 0" in out, f"{notebook.name} is not run by the test command"
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda p: p.name)
+def test_chapter_is_committed_clean_with_outputs(notebook):
+    nb = json.loads(notebook.read_text())
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    assert all(c.get("outputs") for c in code if "NBVAL_CHECK_OUTPUT" in "".join(c["source"])), \
+        "checked cells need their committed outputs"
+    assert sum(bool(c.get("outputs")) for c in code) >= len(code) // 2, "committed without outputs"
+    text = json.dumps([c.get("outputs", []) for c in code]) + json.dumps([c.get("metadata") for c in code])
+    assert not re.search(r"/(work|tmp|root|home|Users)/[\w.-]+", text), "outputs hold a machine path"
+    assert '"execution"' not in json.dumps([c.get("metadata") for c in code]), "cell timestamps committed"
+    assert nb["metadata"]["kernelspec"]["name"] == "python3"
+    assert "MINIDIFF_FAST" in json.dumps(nb) or "FAST" in json.dumps(nb)
+
+
+def test_cli_lists_its_subcommands():
+    out = subprocess.run([sys.executable, "-m", "minidiff", "--help"], capture_output=True, text=True).stdout
+    for command in ("demo", "train", "sample", "evaluate", "data"):
+        assert re.search(rf"\b{command}\b", out)
+
+
+def test_readme_starts_with_the_two_commands():
+    head = (ROOT / "README.md").read_text().split("\n## ")[0]
+    assert "make demo" in head and "make test" in head
+
+
+def test_ci_runs_the_readme_test_command():
+    assert "make test" in (ROOT / ".ci" / "run").read_text()
