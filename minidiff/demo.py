@@ -50,7 +50,7 @@ def mosaic_and_noise():
     noise = torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
     noisy = torch.cat([add_noise(x[i:i + 1], noise[i:i + 1], a) for i, a in enumerate(np.linspace(0, 1, 6))])
     return "Mosaic (block 1 → 28) and noise (amount 0 → 1): the forward process", \
-        image_grid(torch.cat([mosaics, noisy]).clamp(-1, 1), ncols=6)
+        image_grid(torch.cat([mosaics, noisy]).clamp(-1, 1), ncols=12)
 
 
 @panel

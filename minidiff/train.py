@@ -28,6 +28,7 @@ like (``model.encode``, ``model.generator(...)``) and GAN parts leave some param
 import contextlib
 import copy
 import dataclasses
+import json
 import math
 import os
 import random
@@ -236,6 +237,20 @@ def _save(config, step, model, ema, optimizers, history, wall_time_s, device, ra
     save_checkpoint(config.out_dir, step, tensors, state)
 
 
+# settings a resumed run may change: how long to train, and how it reports and saves progress
+RESUMABLE_CHANGES = {"steps", "device", "log_every", "checkpoint_every", "out_dir", "progress"}
+
+
+def _check_same_recipe(saved: dict, config: TrainConfig) -> None:
+    """Refuse to resume a checkpoint that was trained with other settings (a changed recipe)."""
+    now = json.loads(json.dumps(dataclasses.asdict(config)))
+    changed = sorted(k for k in now.keys() - RESUMABLE_CHANGES if saved.get(k) != now[k])
+    if changed:
+        details = ", ".join(f"{k}: {saved.get(k)!r} → {now[k]!r}" for k in changed)
+        raise ValueError(f"{config.out_dir} holds a checkpoint trained with other settings ({details}). "
+                         f"Delete that folder to start afresh, or resume with the settings it was made with.")
+
+
 def _restore(checkpoint, model, ema, optimizers, device, rank) -> tuple[int, list, float]:
     tensors, state = checkpoint
 
@@ -326,6 +341,7 @@ def train(model, loss_fn, data: Dataset | torch.Tensor, config: TrainConfig | No
     start, history, previous_time = 0, [], 0.0
     checkpoint = load_checkpoint(config.out_dir) if resume and config.out_dir else None
     if checkpoint is not None:
+        _check_same_recipe(checkpoint[1]["config"], config)
         start, history, previous_time = _restore(checkpoint, model, ema, optimizers, device, rank)
 
     n = len(data)

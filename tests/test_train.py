@@ -90,6 +90,12 @@ def test_resume_is_bit_identical(tmp_path):
                                for h, r in zip(straight.history, resumed.history)]
 
 
+def test_resume_refuses_a_changed_recipe(tmp_path):
+    train(tiny_model(), noisy_loss, tiny_data(), config(steps=2, out_dir=str(tmp_path)))
+    with pytest.raises(ValueError, match=r"other settings \(lr: 0.01 → 0.5\).*Delete that folder"):
+        train(tiny_model(), noisy_loss, tiny_data(), config(steps=4, lr=0.5, out_dir=str(tmp_path)), resume=True)
+
+
 def test_checkpoint_files_hold_no_pickle(tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "save", None)  # any torch.save call would fail
     train(tiny_model(), noisy_loss, tiny_data(), config(steps=4, out_dir=str(tmp_path), checkpoint_every=2))
