@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lab setup clean
+.PHONY: demo test lab chapters setup clean
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
@@ -18,6 +18,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	MINIDIFF_FAST=1 $(BIN)/python -m pytest -n 2 --dist loadscope
+
+chapters: $(STAMP)  # re-run every chapter in full mode and save its outputs (maintainers)
+	$(BIN)/python chapters/execute.py
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab chapters/

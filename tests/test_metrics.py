@@ -64,3 +64,9 @@ def test_evaluate_reports_class_coverage(real_digits):
     report = metrics.evaluate_samples(only_ones, torch.ones(300, dtype=torch.long))
     assert report["class_histogram"][1] >= 295 and report["accuracy"] >= 0.98
     assert report["confidence"] > 0.9
+
+
+def test_psnr_known_values():
+    x = torch.zeros(3, 1, 4, 4)
+    assert metrics.psnr(x + 0.2, x) == pytest.approx(10 * np.log10(4 / 0.04))
+    assert metrics.psnr(x + 2, x) == pytest.approx(10 * np.log10(4 / 1.0))  # clamped to [-1, 1] first
