@@ -21,14 +21,14 @@ from .schedules import snr
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 
 
-def _at(values: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def at_step(values: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """values[t] shaped to broadcast against a batch x of shape (B, C, H, W)."""
     return values.to(x.device)[t].to(x.dtype).reshape(-1, *[1] * (x.ndim - 1))
 
 
 def q_sample(x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, alphas_cumprod: torch.Tensor) -> torch.Tensor:
     """Jump straight to step t:  x_t = √ᾱ_t · x_0 + √(1 − ᾱ_t) · ε."""
-    alpha_bar = _at(alphas_cumprod, t, x0)
+    alpha_bar = at_step(alphas_cumprod, t, x0)
     return alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * noise
 
 
@@ -36,14 +36,14 @@ def q_step(x_prev: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, alphas_cu
     """One link of the Markov chain, from x_{t−1} to x_t:  x_t = √(1 − β_t) · x_{t−1} + √β_t · ε
     (x_{−1} is the image). Chaining t + 1 of these has the same distribution as ``q_sample``."""
     previous = torch.cat([alphas_cumprod.new_ones(1), alphas_cumprod[:-1]])
-    beta = 1 - _at(alphas_cumprod / previous, t, x_prev)
+    beta = 1 - at_step(alphas_cumprod / previous, t, x_prev)
     return (1 - beta).sqrt() * x_prev + beta.sqrt() * noise
 
 
-def convert_prediction(prediction: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, alphas_cumprod: torch.Tensor,
+def convert_prediction(prediction: torch.Tensor, x_t: torch.Tensor, alpha_bar: torch.Tensor,
                        source: str, target: str) -> torch.Tensor:
     """Turn a prediction of one type into another, exactly, using x_t = a·x_0 + b·ε with
-    a = √ᾱ_t, b = √(1 − ᾱ_t) (so a² + b² = 1):
+    a = √ᾱ, b = √(1 − ᾱ) (so a² + b² = 1); ``alpha_bar`` broadcasts against x_t (e.g. (B, 1, 1, 1)):
 
         x_0 = (x_t − b·ε) / a         ε = (x_t − a·x_0) / b
         v = a·ε − b·x_0               x_0 = a·x_t − b·v        ε = b·x_t + a·v
@@ -51,7 +51,6 @@ def convert_prediction(prediction: torch.Tensor, x_t: torch.Tensor, t: torch.Ten
     for name in (source, target):
         if name not in PREDICTION_TYPES:
             raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, not {name!r}")
-    alpha_bar = _at(alphas_cumprod, t, x_t)
     a, b = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
     if source == "epsilon":
         x0, eps = (x_t - b * prediction) / a, prediction
@@ -103,8 +102,8 @@ def diffusion_loss(model, x0: torch.Tensor, alphas_cumprod: torch.Tensor, predic
         dropped = torch.rand(labels.shape, device=labels.device) < label_dropout
         labels = torch.where(dropped, torch.full_like(labels, null_label), labels)
     prediction = model(x_t, t) if labels is None else model(x_t, t, labels)
-    target = {"epsilon": noise, "sample": x0,
-              "v_prediction": convert_prediction(noise, x_t, t, alphas_cumprod, "epsilon", "v_prediction")}
+    v = convert_prediction(noise, x_t, at_step(alphas_cumprod, t, x0), "epsilon", "v_prediction")
+    target = {"epsilon": noise, "sample": x0, "v_prediction": v}
     per_example = F.mse_loss(prediction.float(), target[prediction_type].float(), reduction="none").flatten(1).mean(1)
-    weight = loss_weight(_at(snr(alphas_cumprod), t, x0).flatten(), prediction_type, weighting, gamma)
+    weight = loss_weight(at_step(snr(alphas_cumprod), t, x0).flatten(), prediction_type, weighting, gamma)
     return {"loss": (weight * per_example).mean(), "mse": per_example.mean()}

@@ -95,7 +95,7 @@ def test_prediction_types_convert_exactly(source, target):
     x_t = q_sample(x0, t, eps, alphas_cumprod)
     a = alphas_cumprod[t].sqrt().reshape(-1, 1, 1, 1)
     truth = {"epsilon": eps, "sample": x0, "v_prediction": a * eps - (1 - a ** 2).sqrt() * x0}
-    converted = convert_prediction(truth[source], x_t, t, alphas_cumprod, source, target)
+    converted = convert_prediction(truth[source], x_t, a ** 2, source, target)
     assert torch.allclose(converted, truth[target], atol=1e-8)
 
 
@@ -137,11 +137,12 @@ def test_min_snr_weighting_is_the_same_loss_for_every_prediction_type():
     x_t = q_sample(x0, t, eps, alphas_cumprod)
     eps_hat = eps + 0.1 * torch.randn(eps.shape, generator=g, dtype=eps.dtype)
     snr_t = schedules.snr(alphas_cumprod)[t]
-    truth = {"epsilon": eps, "sample": x0, "v_prediction": convert_prediction(eps, x_t, t, alphas_cumprod,
-                                                                              "epsilon", "v_prediction")}
-    x0_error = ((convert_prediction(eps_hat, x_t, t, alphas_cumprod, "epsilon", "sample") - x0) ** 2).flatten(1).mean(1)
+    alpha_bar = alphas_cumprod[t].reshape(-1, 1, 1, 1)
+    truth = {"epsilon": eps, "sample": x0, "v_prediction": convert_prediction(eps, x_t, alpha_bar, "epsilon",
+                                                                              "v_prediction")}
+    x0_error = ((convert_prediction(eps_hat, x_t, alpha_bar, "epsilon", "sample") - x0) ** 2).flatten(1).mean(1)
     for kind in PREDICTION_TYPES:
-        hat = convert_prediction(eps_hat, x_t, t, alphas_cumprod, "epsilon", kind)
+        hat = convert_prediction(eps_hat, x_t, alpha_bar, "epsilon", kind)
         error = ((hat - truth[kind]) ** 2).flatten(1).mean(1)
         assert torch.allclose(loss_weight(snr_t, kind) * error, snr_t.clamp(max=5) * x0_error)
 
