@@ -1,0 +1,192 @@
+"""Samplers: walking a trained denoiser back from noise to an image (the article's question 3).
+
+Every sampler here is a plain function ``sample_<name>(denoiser, x, sigmas, …)`` in the vocabulary
+of k-diffusion (Karras et al., 2022). They all work in the "σ-space" of the noise:
+
+    x = x_0 + σ · ε,        σ from large (pure noise) down to 0 (the image),
+
+and all ask the same question of the network, through a **denoiser** D(x, σ) ≈ E[x_0 | x]: "what
+clean image is hidden in x?". ``model_denoiser`` turns a trained U-Net (any ``prediction_type``,
+with optional classifier-free guidance) into such a D. A DDPM step t is the σ-space point
+σ_t = √((1 − ᾱ_t)/ᾱ_t), and x_t = √ᾱ_t · x (``minidiff.schedules``).
+
+The samplers follow the probability-flow ODE  dx/dσ = (x − D(x, σ)) / σ  (deterministic), or add
+fresh noise at each step (ancestral, stochastic). One mechanism covers the DDPM family: DDIM with
+η is an Euler step to a lower noise level σ_down followed by fresh noise of size σ_up
+(``ancestral_step``); η = 0 is deterministic DDIM, and η = 1 on all T steps is exactly DDPM's
+ancestral sampler (its posterior q(x_{t−1} | x_t, x_0)).
+"""
+import math
+
+import torch
+from tqdm.auto import tqdm
+
+from .diffusion import convert_prediction
+from .schedules import alphas_cumprod_from_sigmas, sigmas_from_alphas_cumprod, timestep_from_sigma
+
+
+# ----------------------------------------------------------------------------- σ schedules for sampling
+
+def sigmas_uniform_t(alphas_cumprod: torch.Tensor, num_steps: int) -> torch.Tensor:
+    """``num_steps`` noise levels at DDPM steps spaced evenly in t from T−1 down to 0 (DDIM's choice),
+    then a final 0. With ``num_steps = T`` these are all of the training steps."""
+    t = torch.linspace(len(alphas_cumprod) - 1, 0, num_steps).round().long()
+    return torch.cat([sigmas_from_alphas_cumprod(alphas_cumprod)[t], torch.zeros(1, dtype=alphas_cumprod.dtype)])
+
+
+def sigmas_karras(num_steps: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> torch.Tensor:
+    """Karras et al. (2022), eq. 5: σ_i = (σ_max^(1/ρ) + i/(n−1) · (σ_min^(1/ρ) − σ_max^(1/ρ)))^ρ, then 0.
+    ρ = 7 crowds the steps at low noise, where the picture's detail is decided."""
+    ramp = torch.linspace(0, 1, num_steps, dtype=torch.float64)
+    inv_rho_min, inv_rho_max = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    sigmas = (inv_rho_max + ramp * (inv_rho_min - inv_rho_max)) ** rho
+    return torch.cat([sigmas, torch.zeros(1, dtype=torch.float64)])
+
+
+# ----------------------------------------------------------------------------- the model as a denoiser
+
+def model_denoiser(model, alphas_cumprod: torch.Tensor, prediction_type: str = "epsilon", labels=None,
+                   guidance_scale: float = 1.0, null_label: int | None = None, context=None):
+    """Wrap a network trained on DDPM steps as D(x, σ) → estimate of x_0.
+
+    The network sees x_t = x / √(1 + σ²) (since ᾱ = 1/(1 + σ²)) at the fractional step t(σ), and its
+    output is converted to x_0. With ``labels`` and ``guidance_scale`` w ≠ 1, classifier-free guidance
+    (Ho & Salimans, 2022) extrapolates from the unconditional towards the conditional prediction,
+
+        D = D(x, σ | ∅) + w · (D(x, σ | label) − D(x, σ | ∅)),
+
+    which is the same as guiding ε, since x_0 and ε are affine in each other at fixed (x, σ).
+    """
+    def denoiser(x, sigma):
+        sigma = torch.as_tensor(sigma, dtype=torch.float64, device=x.device).expand(x.shape[0])
+        alpha_bar = alphas_cumprod_from_sigmas(sigma).to(x.dtype).reshape(-1, *[1] * (x.ndim - 1))
+        x_t = x * alpha_bar.sqrt()
+        t = timestep_from_sigma(sigma, alphas_cumprod).to(x.dtype)
+        extra = {} if context is None else {"context": context}
+        if labels is None:
+            out = model(x_t, t, **extra)
+        elif guidance_scale == 1.0:
+            out = model(x_t, t, labels, **extra)
+        else:
+            both = model(torch.cat([x_t, x_t]), torch.cat([t, t]),
+                         torch.cat([labels, torch.full_like(labels, null_label)]), **extra)
+            conditional, unconditional = both.chunk(2)
+            out = unconditional + guidance_scale * (conditional - unconditional)
+        return convert_prediction(out, x_t, alpha_bar, prediction_type, "sample")
+    return denoiser
+
+
+def to_d(x, sigma, denoised):
+    """The ODE's slope dx/dσ = (x − D(x, σ)) / σ, i.e. the noise ε̂ the denoiser sees in x."""
+    return (x - denoised) / sigma
+
+
+def ancestral_step(sigma_from: float, sigma_to: float, eta: float = 1.0):
+    """Split a move from σ to σ' into a deterministic part down to σ_down and fresh noise σ_up, with
+    σ_up² + σ_down² = σ'²:  σ_up = min(σ', η · √(σ'² (σ² − σ'²) / σ²)).
+    For DDPM's σ's, η·σ_up is exactly DDIM's σ_t(η) (η = 1: the DDPM posterior's noise)."""
+    if not eta or sigma_to == 0:
+        return sigma_to, 0.0
+    sigma_up = min(sigma_to, eta * math.sqrt(sigma_to ** 2 * (sigma_from ** 2 - sigma_to ** 2) / sigma_from ** 2))
+    return math.sqrt(sigma_to ** 2 - sigma_up ** 2), sigma_up
+
+
+def _steps(sigmas, progress, name):
+    return tqdm(range(len(sigmas) - 1), desc=name, disable=not progress, leave=False)
+
+
+# ----------------------------------------------------------------------------- the samplers
+
+@torch.no_grad()
+def sample_euler_ancestral(denoiser, x, sigmas, eta: float = 1.0, generator=None, progress=False, callback=None):
+    """At each step: an Euler step of the ODE down to σ_down, then fresh noise of size σ_up."""
+    sigmas = sigmas.tolist()
+    for i in _steps(sigmas, progress, "euler_ancestral"):
+        denoised = denoiser(x, sigmas[i])
+        if callback:
+            callback(i, x, denoised)
+        sigma_down, sigma_up = ancestral_step(sigmas[i], sigmas[i + 1], eta)
+        x = x + to_d(x, sigmas[i], denoised) * (sigma_down - sigmas[i])
+        if sigma_up:
+            x = x + torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype) * sigma_up
+    return x
+
+
+def sample_ddim(denoiser, x, sigmas, eta: float = 0.0, generator=None, progress=False, callback=None):
+    """DDIM (Song et al., 2021): η = 0 is deterministic (Euler on the ODE in σ-space), η = 1 adds the
+    DDPM posterior's noise. The same update as ``sample_euler_ancestral`` with ``eta``."""
+    return sample_euler_ancestral(denoiser, x, sigmas, eta, generator, progress, callback)
+
+
+def sample_ddpm(denoiser, x, sigmas, generator=None, progress=False, callback=None):
+    """DDPM's ancestral sampler (Ho et al., 2020): on all T training steps, each step draws x_{t−1}
+    from the posterior q(x_{t−1} | x_t, x̂_0) — which is DDIM with η = 1."""
+    return sample_euler_ancestral(denoiser, x, sigmas, 1.0, generator, progress, callback)
+
+
+def sample_euler(denoiser, x, sigmas, progress=False, callback=None):
+    """Euler's method on the probability-flow ODE: first order, one network call per step."""
+    return sample_euler_ancestral(denoiser, x, sigmas, 0.0, None, progress, callback)
+
+
+@torch.no_grad()
+def sample_heun(denoiser, x, sigmas, progress=False, callback=None):
+    """Heun's method (Karras et al., 2022, algorithm 1 without churn): an Euler step, then the
+    average of the slopes at both ends — second order, two calls per step (one on the last)."""
+    sigmas = sigmas.tolist()
+    for i in _steps(sigmas, progress, "heun"):
+        denoised = denoiser(x, sigmas[i])
+        if callback:
+            callback(i, x, denoised)
+        d = to_d(x, sigmas[i], denoised)
+        dt = sigmas[i + 1] - sigmas[i]
+        if sigmas[i + 1] == 0:
+            x = x + d * dt
+        else:
+            x_next = x + d * dt
+            d_next = to_d(x_next, sigmas[i + 1], denoiser(x_next, sigmas[i + 1]))
+            x = x + (d + d_next) / 2 * dt
+    return x
+
+
+@torch.no_grad()
+def sample_dpmpp_2m(denoiser, x, sigmas, progress=False, callback=None):
+    """DPM-Solver++(2M) (Lu et al., 2022): exact for the linear part of the ODE in λ = −log σ, and a
+    second-order multistep estimate of D from this step's and the previous step's denoised images:
+
+        x_{i+1} = (σ_{i+1}/σ_i) · x_i − (e^{−h} − 1) · D̂,     h = λ_{i+1} − λ_i,
+        D̂ = (1 + 1/(2r)) · D_i − 1/(2r) · D_{i−1},           r = h_{i−1} / h.
+    One network call per step."""
+    sigmas = sigmas.tolist()
+    previous, h_previous = None, None
+    for i in _steps(sigmas, progress, "dpmpp_2m"):
+        denoised = denoiser(x, sigmas[i])
+        if callback:
+            callback(i, x, denoised)
+        if sigmas[i + 1] == 0:
+            x = denoised
+            break
+        h = math.log(sigmas[i]) - math.log(sigmas[i + 1])
+        estimate = denoised
+        if previous is not None:
+            r = h_previous / h
+            estimate = (1 + 1 / (2 * r)) * denoised - 1 / (2 * r) * previous
+        x = (sigmas[i + 1] / sigmas[i]) * x - math.expm1(-h) * estimate
+        previous, h_previous = denoised, h
+    return x
+
+
+@torch.no_grad()
+def invert_ddim(denoiser, x0, sigmas, progress=False):
+    """DDIM inversion (image → noise): run the deterministic ODE *upwards*, from the smallest σ in
+    ``sigmas`` to the largest, each step reusing the slope at the current point. Sampling with
+    ``sample_ddim(eta=0)`` on the reversed σ's leads back to (nearly) the same image."""
+    ascending = sigmas[sigmas > 0].flip(0).tolist()
+    x = x0 + 0.0
+    for i in tqdm(range(len(ascending) - 1), desc="invert_ddim", disable=not progress, leave=False):
+        x = x + to_d(x, ascending[i], denoiser(x, ascending[i])) * (ascending[i + 1] - ascending[i])
+    return x
+
+
+SAMPLERS = {"ddpm": sample_ddpm, "ddim": sample_ddim, "euler": sample_euler,
+            "euler_ancestral": sample_euler_ancestral, "heun": sample_heun, "dpmpp_2m": sample_dpmpp_2m}

@@ -1,0 +1,164 @@
+"""Samplers against closed-form truth: with the exact denoiser of Gaussian (and mixture) data, every
+sampler must reproduce the data distribution, and its error must shrink at its known order."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from minidiff import samplers, schedules
+from minidiff.diffusion import PREDICTION_TYPES, convert_prediction
+
+MEAN = torch.tensor([0.5, -1.0], dtype=torch.float64)
+COV = torch.tensor([[1.0, 0.6], [0.6, 0.5]], dtype=torch.float64)
+
+
+def gaussian_denoiser(mean=MEAN, cov=COV):
+    """E[x_0 | x] for x_0 ~ N(μ, Σ) and x = x_0 + σε:  μ + Σ (Σ + σ²I)⁻¹ (x − μ).  x: (N, D)."""
+    def denoiser(x, sigma):
+        gain = cov @ torch.linalg.inv(cov + sigma ** 2 * torch.eye(len(mean), dtype=cov.dtype))
+        return mean + (x - mean) @ gain.T
+    return denoiser
+
+
+MIXTURE = dict(weights=[0.3, 0.7], means=[-1.0, 1.5], stds=[0.3, 0.5])
+
+
+def mixture_denoiser(weights=MIXTURE["weights"], means=MIXTURE["means"], stds=MIXTURE["stds"]):
+    """1-D mixture of Gaussians: D = Σ_k w_k(x) · (μ_k + s_k²/(s_k² + σ²)·(x − μ_k)), with posterior
+    component weights w_k(x) ∝ π_k · N(x; μ_k, s_k² + σ²)."""
+    def denoiser(x, sigma):
+        var = torch.tensor(stds, dtype=x.dtype) ** 2 + sigma ** 2
+        mu = torch.tensor(means, dtype=x.dtype)
+        log_w = math.log(1) + torch.log(torch.tensor(weights, dtype=x.dtype)) - 0.5 * torch.log(var) \
+            - (x - mu) ** 2 / (2 * var)
+        posterior = log_w.softmax(dim=-1)
+        return (posterior * (mu + torch.tensor(stds, dtype=x.dtype) ** 2 / var * (x - mu))).sum(-1, keepdim=True)
+    return denoiser
+
+
+def start(n, dim, sigma_max, seed=0):
+    return torch.randn(n, dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * sigma_max
+
+
+KARRAS = samplers.sigmas_karras(40, 0.002, 80.0)
+CASES = {  # name -> (sampler call, sigmas)
+    "euler": (samplers.sample_euler, samplers.sigmas_karras(200, 0.002, 80.0)),
+    "heun": (samplers.sample_heun, KARRAS),
+    "dpmpp_2m": (samplers.sample_dpmpp_2m, KARRAS),
+    "ddim": (samplers.sample_ddim, samplers.sigmas_uniform_t(schedules.cosine_schedule(1000), 100)),
+    "euler_ancestral": (samplers.sample_euler_ancestral, samplers.sigmas_karras(800, 0.002, 80.0)),  # 1st order, noisy
+    "ddpm": (samplers.sample_ddpm, samplers.sigmas_uniform_t(schedules.linear_schedule(1000), 1000)),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_every_sampler_reproduces_a_gaussian(name):
+    sampler, sigmas = CASES[name]
+    x = sampler(gaussian_denoiser(), start(20_000, 2, sigmas[0].item()), sigmas)
+    assert torch.allclose(x.mean(0), MEAN, atol=0.04)
+    assert torch.allclose(torch.cov(x.T), COV, atol=0.05)
+
+
+@pytest.mark.parametrize("name", ["heun", "dpmpp_2m", "ddpm"])
+def test_samplers_reproduce_a_mixture_of_gaussians(name):
+    sampler, sigmas = CASES[name]
+    x = sampler(mixture_denoiser(), start(8_000, 1, sigmas[0].item(), seed=1), sigmas).flatten()
+    assert (x < 0.25).double().mean().item() == pytest.approx(MIXTURE["weights"][0], abs=0.02)
+    right = x[x > 0.25]
+    assert right.mean().item() == pytest.approx(1.5, abs=0.05) and right.std().item() == pytest.approx(0.5, abs=0.05)
+
+
+def endpoint_error(sampler, steps, s=0.7, mu=0.3, sigma_max=80.0):
+    """The ODE of 1-D Gaussian data is solvable: x(σ) − μ = (x_T − μ)·√(s² + σ²)/√(s² + σ_max²)."""
+    sigmas = samplers.sigmas_karras(steps, 0.01, sigma_max)
+    x_T = torch.linspace(-2, 2, 9, dtype=torch.float64)[:, None] * sigma_max
+    exact = mu + (x_T - mu) * s / math.sqrt(s ** 2 + sigma_max ** 2)
+    denoiser = gaussian_denoiser(torch.tensor([mu], dtype=torch.float64), torch.tensor([[s ** 2]], dtype=torch.float64))
+    return (sampler(denoiser, x_T, sigmas) - exact).abs().max().item()
+
+
+@pytest.mark.parametrize("name,order", [("euler", 1), ("ddim", 1), ("heun", 2), ("dpmpp_2m", 2)])
+def test_error_shrinks_at_the_known_order(name, order):
+    sampler = getattr(samplers, f"sample_{name}")
+    steps = [8, 16, 32, 64]
+    errors = [endpoint_error(sampler, n) for n in steps]
+    slope = -np.polyfit(np.log(steps), np.log(errors), 1)[0]
+    assert slope == pytest.approx(order, abs=0.35), f"errors {errors}"
+
+
+def test_ddim_eta_zero_is_deterministic_and_ancestral_samplers_follow_the_seed():
+    sigmas = samplers.sigmas_karras(20, 0.01, 80.0)
+    x = start(100, 2, 80.0)
+    d = gaussian_denoiser()
+    assert torch.equal(samplers.sample_ddim(d, x, sigmas), samplers.sample_ddim(d, x, sigmas))
+    runs = [samplers.sample_euler_ancestral(d, x, sigmas, generator=torch.Generator().manual_seed(s))
+            for s in (7, 7, 8)]
+    assert torch.equal(runs[0], runs[1]) and not torch.allclose(runs[0], runs[2])
+
+
+def test_ddim_inversion_round_trips_an_image():
+    sigmas = samplers.sigmas_uniform_t(schedules.cosine_schedule(1000), 200)
+    d = gaussian_denoiser()
+    x0 = MEAN + torch.randn(50, 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64) @ \
+        torch.linalg.cholesky(COV).T
+    noise = samplers.invert_ddim(d, x0, sigmas)
+    assert noise.std() > 100  # at σ_max the image is buried in noise …
+    back = samplers.sample_ddim(d, noise, sigmas)
+    assert (back - x0).abs().max() < 0.05  # … and comes back out of it (first order both ways)
+
+
+def test_ddim_with_eta_one_is_ddpms_posterior():
+    """For DDPM's σ's, the ancestral split reproduces the posterior variance β̃_t = (1−ᾱ_{t−1})/(1−ᾱ_t)·β_t."""
+    alphas_cumprod = schedules.linear_schedule(1000)
+    sigmas = schedules.sigmas_from_alphas_cumprod(alphas_cumprod)
+    for t in (1, 10, 500, 999):
+        a, a_prev = alphas_cumprod[t].item(), alphas_cumprod[t - 1].item()
+        _, sigma_up = samplers.ancestral_step(sigmas[t].item(), sigmas[t - 1].item(), 1.0)
+        posterior_var = (1 - a_prev) / (1 - a) * (1 - a / a_prev)
+        assert sigma_up ** 2 * a_prev == pytest.approx(posterior_var, rel=1e-9)  # σ-space → x_t-space
+
+
+def test_karras_sigmas_end_points():
+    sigmas = samplers.sigmas_karras(10, 0.002, 80.0)
+    assert len(sigmas) == 11 and sigmas[0] == pytest.approx(80.0) and sigmas[-2] == pytest.approx(0.002)
+    assert sigmas[-1] == 0 and (sigmas[1:] < sigmas[:-1]).all()
+
+
+class ExactModel(torch.nn.Module):
+    """A "network" that knows x_0 and answers in any prediction type at a fractional step t."""
+
+    def __init__(self, x0, alphas_cumprod, prediction_type):
+        super().__init__()
+        self.x0, self.log_sigmas, self.prediction_type = x0, schedules.sigmas_from_alphas_cumprod(
+            alphas_cumprod).log(), prediction_type
+
+    def forward(self, x_t, t, labels=None):
+        low = t.floor().long().clamp(max=len(self.log_sigmas) - 2)
+        sigma = torch.lerp(self.log_sigmas[low], self.log_sigmas[low + 1], (t - low).double()).exp()
+        alpha_bar = schedules.alphas_cumprod_from_sigmas(sigma).reshape(-1, 1, 1, 1)
+        shift = 0.0 if labels is None else labels.reshape(-1, 1, 1, 1).double()  # the "condition" moves x_0
+        x0 = self.x0.repeat(len(x_t) // len(self.x0), 1, 1, 1)  # guidance doubles the batch
+        return convert_prediction(x0 + shift, x_t, alpha_bar, "sample", self.prediction_type)
+
+
+@pytest.mark.parametrize("prediction_type", PREDICTION_TYPES)
+def test_model_denoiser_reads_every_prediction_type(prediction_type):
+    alphas_cumprod = schedules.cosine_schedule(1000)
+    x0 = torch.randn(3, 1, 4, 4, dtype=torch.float64)
+    model = ExactModel(x0, alphas_cumprod, prediction_type)
+    denoiser = samplers.model_denoiser(model, alphas_cumprod, prediction_type)
+    for sigma in (0.05, 1.3, 40.0):
+        x = x0 + sigma * torch.randn_like(x0)
+        assert torch.allclose(denoiser(x, sigma), x0, atol=1e-6)
+
+
+def test_classifier_free_guidance_extrapolates():
+    alphas_cumprod = schedules.cosine_schedule(1000)
+    x0 = torch.zeros(2, 1, 2, 2, dtype=torch.float64)
+    model = ExactModel(x0, alphas_cumprod, "epsilon")
+    labels, null = torch.tensor([1, 2]), 0  # label value = how far the condition moves x_0; null moves nothing
+    x = torch.randn_like(x0)
+    guided = samplers.model_denoiser(model, alphas_cumprod, "epsilon", labels, guidance_scale=3.0,
+                                     null_label=null)(x, 2.0)
+    assert torch.allclose(guided, 3.0 * labels.double().reshape(-1, 1, 1, 1).expand_as(x0), atol=1e-6)
