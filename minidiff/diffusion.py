@@ -16,7 +16,7 @@ Schedules (ᾱ) come from ``minidiff.schedules``; t is an integer in [0, T).
 import torch
 import torch.nn.functional as F
 
-from .schedules import snr
+from .schedules import make_schedule, snr
 
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 
@@ -107,3 +107,13 @@ def diffusion_loss(model, x0: torch.Tensor, alphas_cumprod: torch.Tensor, predic
     per_example = F.mse_loss(prediction.float(), target[prediction_type].float(), reduction="none").flatten(1).mean(1)
     weight = loss_weight(at_step(snr(alphas_cumprod), t, x0).flatten(), prediction_type, weighting, gamma)
     return {"loss": (weight * per_example).mean(), "mse": per_example.mean()}
+
+
+def unet_loss(model, batch, weighting: str = "min_snr", label_dropout: float = 0.1) -> dict:
+    """The one trainer's ``loss_fn`` for a U-Net on (images, labels) batches: the schedule and the
+    prediction type are the ones the model records; labels are used if the model takes classes."""
+    images, labels = batch
+    conditional = model.num_classes is not None
+    return diffusion_loss(model, images, make_schedule(model.schedule, model.num_train_steps).to(images.device),
+                          model.prediction_type, weighting, labels=labels if conditional else None,
+                          label_dropout=label_dropout if conditional else 0.0, null_label=model.num_classes)

@@ -22,7 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .diffusion import convert_prediction
-from .schedules import alphas_cumprod_from_sigmas, sigmas_from_alphas_cumprod, timestep_from_sigma
+from .schedules import alphas_cumprod_from_sigmas, make_schedule, sigmas_from_alphas_cumprod, timestep_from_sigma
 
 
 # ----------------------------------------------------------------------------- σ schedules for sampling
@@ -190,3 +190,47 @@ def invert_ddim(denoiser, x0, sigmas, progress=False):
 
 SAMPLERS = {"ddpm": sample_ddpm, "ddim": sample_ddim, "euler": sample_euler,
             "euler_ancestral": sample_euler_ancestral, "heun": sample_heun, "dpmpp_2m": sample_dpmpp_2m}
+
+
+def schedule_sigmas(alphas_cumprod: torch.Tensor, num_inference_steps: int, spacing: str = "uniform_t"):
+    """The σ's a sampler visits: ``"uniform_t"`` (DDPM/DDIM's evenly spaced training steps) or
+    ``"karras"`` (ρ = 7 between the schedule's smallest and largest σ), ending at 0."""
+    if spacing == "uniform_t":
+        return sigmas_uniform_t(alphas_cumprod, num_inference_steps)
+    if spacing == "karras":
+        sigmas = sigmas_from_alphas_cumprod(alphas_cumprod)
+        return sigmas_karras(num_inference_steps, sigmas[0].item(), sigmas[-1].item())
+    raise ValueError(f"spacing must be 'uniform_t' or 'karras', not {spacing!r}")
+
+
+@torch.no_grad()
+def generate(model, n: int, *, sampler: str = "ddpm", num_inference_steps: int | None = None,
+             spacing: str = "uniform_t", labels=None, guidance_scale: float = 1.0, seed: int = 0,
+             batch_size: int = 500, progress: bool = True, **sampler_options) -> torch.Tensor:
+    """Draw ``n`` images from a trained U-Net: the one entry point used by recipes, chapters and
+    ``python -m minidiff sample``. The starting noise of image i depends only on (seed, i), so a
+    deterministic sampler gives the same pictures whatever the batch size (a stochastic one draws its
+    later noise per batch: same seed and batch size, same pictures). ``num_inference_steps`` defaults to
+    all T training steps (what DDPM needs); ``labels`` (n,) asks a class-conditional model for
+    those classes, with classifier-free guidance when ``guidance_scale`` ≠ 1."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    model.eval()
+    device = next(model.parameters()).device
+    alphas_cumprod = make_schedule(model.schedule, model.num_train_steps)
+    sigmas = schedule_sigmas(alphas_cumprod, num_inference_steps or model.num_train_steps, spacing)
+    shape = (model.in_channels, model.image_size, model.image_size)
+    noise = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(seed * 1_000_003 + i))
+                         for i in range(n)])
+    stochastic = sampler in ("ddpm", "ddim", "euler_ancestral")
+    out = []
+    for start in tqdm(range(0, n, batch_size), desc=f"{sampler} × {len(sigmas) - 1}", disable=not progress):
+        x = noise[start:start + batch_size].to(device) * sigmas[0].item()
+        batch_labels = None if labels is None else torch.as_tensor(labels)[start:start + batch_size].to(device)
+        denoiser = model_denoiser(model, alphas_cumprod, model.prediction_type, batch_labels, guidance_scale,
+                                  null_label=model.num_classes)
+        options = dict(sampler_options)
+        if stochastic:
+            options["generator"] = torch.Generator(device).manual_seed(seed * 1_000_003 + start + 1)
+        out.append(SAMPLERS[sampler](denoiser, x, sigmas, **options).cpu())
+    return torch.cat(out).clamp(-1, 1)

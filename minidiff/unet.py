@@ -84,11 +84,14 @@ class UNet(nn.Module):
 
     ``attention`` lists, per level, whether its blocks attend (typically only the lowest
     resolutions: attention costs grow with the square of the number of positions).
+    ``prediction_type``, ``schedule`` and ``num_train_steps`` do not change the network; they record
+    what it was trained on (``minidiff.diffusion``) so a checkpoint can be sampled correctly.
     """
 
     def __init__(self, in_channels: int = 1, image_size: int = 28, channels=(32, 64, 128), attention=(False, False, True),
                  num_res_blocks: int = 2, dropout: float = 0.1, heads: int = 4, groups: int = 8,
-                 num_classes: int | None = None, context_dim: int | None = None):
+                 num_classes: int | None = None, context_dim: int | None = None,
+                 prediction_type: str = "epsilon", schedule: str = "cosine", num_train_steps: int = 1000):
         super().__init__()
         if len(attention) != len(channels):
             raise ValueError("give one attention flag per level (len(attention) == len(channels))")
@@ -97,7 +100,10 @@ class UNet(nn.Module):
                              f"{len(channels)} levels")
         self.config = dict(in_channels=in_channels, image_size=image_size, channels=list(channels),
                            attention=list(attention), num_res_blocks=num_res_blocks, dropout=dropout, heads=heads,
-                           groups=groups, num_classes=num_classes, context_dim=context_dim)
+                           groups=groups, num_classes=num_classes, context_dim=context_dim,
+                           prediction_type=prediction_type, schedule=schedule, num_train_steps=num_train_steps)
+        # what the network was trained to do, so that samplers read its output correctly
+        self.prediction_type, self.schedule, self.num_train_steps = prediction_type, schedule, num_train_steps
         self.in_channels, self.image_size, self.num_classes = in_channels, image_size, num_classes
         emb_dim = 4 * channels[0]
         self.time_mlp = nn.Sequential(nn.Linear(channels[0], emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))

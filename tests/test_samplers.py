@@ -162,3 +162,38 @@ def test_classifier_free_guidance_extrapolates():
     guided = samplers.model_denoiser(model, alphas_cumprod, "epsilon", labels, guidance_scale=3.0,
                                      null_label=null)(x, 2.0)
     assert torch.allclose(guided, 3.0 * labels.double().reshape(-1, 1, 1, 1).expand_as(x0), atol=1e-6)
+
+
+def tiny_unet(**kw):
+    from minidiff.unet import UNet
+    torch.manual_seed(0)
+    return UNet(1, 8, channels=(8, 16), attention=(False, True), num_res_blocks=1, groups=4, heads=2, **kw)
+
+
+@pytest.mark.parametrize("sampler", list(samplers.SAMPLERS))
+def test_generate_is_seeded_and_shaped(sampler):
+    model = tiny_unet(prediction_type="v_prediction")
+    torch.nn.init.normal_(model.head[-1].weight, std=0.1)
+    a = samplers.generate(model, 5, sampler=sampler, num_inference_steps=4, seed=1, progress=False)
+    b = samplers.generate(model, 5, sampler=sampler, num_inference_steps=4, seed=1, progress=False)
+    c = samplers.generate(model, 5, sampler=sampler, num_inference_steps=4, seed=2, progress=False)
+    assert a.shape == (5, 1, 8, 8) and a.abs().max() <= 1
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_generate_deterministic_samples_do_not_depend_on_the_batch_size():
+    model = tiny_unet()
+    torch.nn.init.normal_(model.head[-1].weight, std=0.1)
+    whole = samplers.generate(model, 6, sampler="dpmpp_2m", num_inference_steps=5, progress=False)
+    pieces = samplers.generate(model, 6, sampler="dpmpp_2m", num_inference_steps=5, batch_size=4, progress=False)
+    assert torch.allclose(whole, pieces, atol=1e-5)
+
+
+def test_unet_loss_uses_labels_only_for_conditional_models():
+    from minidiff.diffusion import unet_loss
+    batch = (torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 2, 3]))
+    for model in (tiny_unet(), tiny_unet(num_classes=4, prediction_type="sample")):
+        out = unet_loss(model, batch)
+        assert out["loss"].ndim == 0 and out["loss"] > 0
+    with pytest.raises(ValueError, match="unknown sampler"):
+        samplers.generate(tiny_unet(), 1, sampler="plms")
