@@ -112,7 +112,11 @@ def fetch_fashion_mnist(root=None) -> Path:
             shutil.copyfile(local, partial)
         else:
             download(FASHION_URL + name, partial, md5=md5)
-        read_idx(partial, sha256)  # raises before a bad file can take the good name
+        try:
+            read_idx(partial, sha256)  # raises before a bad file can take the good name
+        except DataError:
+            partial.unlink()
+            raise
         os.replace(partial, folder / name)
     return folder
 

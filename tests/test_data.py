@@ -115,3 +115,26 @@ def test_digit_captions_name_the_digit():
     captions = data.digit_captions([7] * 50, seed=0)
     assert all("7" in c or "seven" in c for c in captions)
     assert len(set(captions)) > 1 and captions == data.digit_captions([7] * 50, seed=0)
+
+
+def test_fetch_fashion_mnist_downloads_verifies_and_keeps_nothing_bad(tmp_path, monkeypatch, serve):
+    """Without Debian's package the files come from the official address (here: a local server)."""
+    debian = data.FASHION_DEBIAN
+    files = {f"/{name}": (debian / name).read_bytes() for name in data.FASHION_FILES}
+    monkeypatch.setattr(data, "FASHION_DEBIAN", tmp_path / "not-installed")
+    monkeypatch.setattr(data, "FASHION_FILES", {name: (hashlib.md5(files[f"/{name}"]).hexdigest(), sha)
+                                                for name, (_, sha) in data.FASHION_FILES.items()})
+    with serve(files) as server:
+        monkeypatch.setattr(data, "FASHION_URL", server.url("/"))
+        folder = data.fetch_fashion_mnist(tmp_path / "fashion")
+        assert data.load_fashion_mnist("test", root=folder)[0].shape == (10000, 28, 28)
+        # a server that hands out the wrong file: a clear error, and the good copy stays untouched
+        good = (folder / "t10k-labels-idx1-ubyte.gz").read_bytes()
+        server.files["/t10k-labels-idx1-ubyte.gz"] = files["/train-labels-idx1-ubyte.gz"]
+        monkeypatch.setitem(data.FASHION_FILES, "t10k-labels-idx1-ubyte.gz",
+                            (hashlib.md5(files["/train-labels-idx1-ubyte.gz"]).hexdigest(),
+                             data.FASHION_FILES["t10k-labels-idx1-ubyte.gz"][1]))
+        with pytest.raises(DataError, match="t10k-labels-idx1-ubyte.gz is corrupt"):
+            data.fetch_fashion_mnist(tmp_path / "fashion")
+        assert (folder / "t10k-labels-idx1-ubyte.gz").read_bytes() == good
+        assert not list(folder.glob("partial-*"))
