@@ -64,6 +64,53 @@ def classifier_judge():
     return f"The judge (MNIST classifier) reads: {said}", image_grid(images[pick], ncols=16)
 
 
+@panel
+def vae_prior_vs_ae_random_codes():
+    """Chapters 01–02: decode random codes. The AE's are smudges; the VAE's prior samples are digits."""
+    from .autoencoder import VAE, Autoencoder, decode_all, encode_all, random_codes
+    from .checkpoints import load_pretrained, read_manifest
+    vae, ae = load_pretrained("vae_mnist", VAE), load_pretrained("ae_mnist_c4", Autoencoder)
+    manifest = read_manifest()
+    vae_fid, ae_fid, floor = (manifest["vae_mnist"]["metrics"]["prior_sample_fid"],
+                              manifest["ae_mnist_c4"]["metrics"]["random_code_fid"],
+                              manifest["mnist_classifier"]["metrics"]["real_vs_real_fid"])
+    real_codes = encode_all(ae, to_tensor(load_mnist("test")[0][:1000]))
+    ae_decodes = decode_all(ae, random_codes(ae, 16, torch.Generator().manual_seed(0), like=real_codes))
+    vae_samples = vae.sample(16, torch.Generator().manual_seed(0)).clamp(-1, 1)
+    return f"Random codes decoded (ch. 01–02): VAE prior samples, FID {vae_fid:.0f} (left) vs autoencoder, " \
+        f"FID {ae_fid:.0f} (right); real vs real {floor:.1f}", \
+        image_grid(torch.cat([torch.cat([vae_samples[i:i + 8], ae_decodes[i:i + 8]]) for i in (0, 8)]), ncols=16)
+
+
+@panel
+def gan_good_vs_collapsed():
+    """Chapter 03: the same GAN code trained well (top) and into mode collapse (bottom)."""
+    from .checkpoints import load_pretrained, read_manifest
+    from .gan import GAN
+    manifest = read_manifest()
+    names = ("dcgan_mnist", "dcgan_mnist_collapse")
+    rows = [load_pretrained(name, GAN).sample(16, torch.Generator().manual_seed(0)) for name in names]
+    good, bad = (manifest[name]["metrics"] for name in names)
+    return (f"GAN (ch. 03): dcgan_mnist, FID {good['fid']:.0f}, {good['classes_over_5_percent']} digits ≥ 5 % "
+            f"(top) vs a collapsed run, FID {bad['fid']:.0f}, {bad['classes_over_5_percent']} (bottom); "
+            f"real vs real {good['real_vs_real_fid']:.1f}",
+            image_grid(torch.cat(rows), ncols=16))
+
+
+@panel
+def noising_strip():
+    """Chapter 04: one digit under the linear and the cosine schedule, t = 0 … 999."""
+    from .diffusion import q_sample
+    from .schedules import cosine_schedule, linear_schedule
+    x0 = to_tensor(load_mnist("test")[0][:1])
+    noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
+    steps = torch.tensor([0, 50, 100, 200, 300, 400, 500, 600, 700, 800, 900, 999])
+    rows = [q_sample(x0.expand(len(steps), -1, -1, -1), steps, noise, schedule())
+            for schedule in (linear_schedule, cosine_schedule)]
+    return "Forward noising, t = 0 → 999: linear schedule (top) vs cosine (bottom)", \
+        image_grid(torch.cat(rows).clamp(-1, 1), ncols=len(steps))
+
+
 def make_demo(path="outputs/demo.png") -> Path:
     """Draw every panel, one above the other, into ``path`` (written atomically)."""
     matplotlib.use("Agg")

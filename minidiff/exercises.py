@@ -6,6 +6,8 @@ The pattern every chapter uses: the student's cell defines a function whose body
 which reports "not done yet" instead of crashing, so the notebook always runs top to bottom.
 Reference solutions live in ``minidiff.solutions`` and CI runs them through the same checks.
 """
+import math
+
 import torch
 
 from . import solutions
@@ -56,3 +58,79 @@ def check_add_noise(fn) -> bool:
              [(0.0, "amount 0 is the clean image"), (1.0, "amount 1 is pure noise"),
               (0.3, "use square roots: √(1−a)·image + √a·noise")]]
     return _verdict("add_noise", fn, cases)
+
+
+def _logits(seed: int, n: int, scale: float) -> torch.Tensor:
+    return torch.randn(n, generator=torch.Generator().manual_seed(seed)) * scale
+
+
+def check_discriminator_loss(fn) -> bool:
+    """``fn(real_logits, fake_logits)``: the GAN judge's non-saturating loss (chapter 03),
+    mean −log σ(D(x)) + mean −log(1 − σ(D(G(z)))), a scalar tensor."""
+    cases = [((torch.zeros(4), torch.zeros(4)), "with all logits 0, D says ½ everywhere: the loss is 2·log 2"),
+             ((_logits(0, 6, 2), _logits(1, 9, 2)), "average each batch separately, then add"),
+             ((torch.tensor([-30.0, 20.0]), torch.tensor([-20.0, 120.0])),
+              "at logit 120, 1 − σ(l) rounds to 0 and log(0) = −∞: use softplus, "
+              "−log(1 − σ(l)) = softplus(l)")]
+    return _verdict("discriminator_loss", fn,
+                    [(args, solutions.discriminator_loss(*args), hint) for args, hint in cases])
+
+
+def check_generator_loss(fn) -> bool:
+    """``fn(fake_logits)``: the GAN forger's non-saturating loss (chapter 03), mean −log σ(D(G(z)))."""
+    cases = [((torch.zeros(4),), "at logit 0 the loss is log 2"),
+             ((_logits(2, 7, 2),), "minimise −log σ(D(G(z))), not log(1 − σ(D(G(z))))"),
+             ((torch.tensor([-120.0, 30.0]),), "σ(−120) rounds to 0 and log(0) = −∞: use softplus, "
+                                               "−log σ(l) = softplus(−l)")]
+    return _verdict("generator_loss", fn, [(args, solutions.generator_loss(*args), hint) for args, hint in cases])
+
+
+def check_q_sample(fn) -> bool:
+    """``fn(x0, t, noise, alphas_cumprod)``: the closed-form jump to step t (chapter 04),
+    x_t = √ᾱ_t · x_0 + √(1 − ᾱ_t) · ε, for a batch with one t per image."""
+    from .schedules import cosine_schedule, linear_schedule
+    g = torch.Generator().manual_seed(3)
+    x0, noise = torch.rand(4, 1, 3, 3, generator=g) * 2 - 1, torch.randn(4, 1, 3, 3, generator=g)
+    cases = []
+    for schedule, t, hint in [(linear_schedule(), torch.tensor([0, 0, 0, 0]), "at t = 0 almost all of x_0 is left"),
+                              (linear_schedule(), torch.tensor([999, 999, 999, 999]), "at t = T−1 it is ~all noise"),
+                              (cosine_schedule(), torch.tensor([3, 250, 500, 900]),
+                               "each image has its own t: index alphas_cumprod[t] and reshape to (B, 1, 1, 1)")]:
+        cases.append(((x0, t, noise, schedule), solutions.q_sample(x0, t, noise, schedule), hint))
+    return _verdict("q_sample", fn, cases)
+
+
+def check_psnr_per_image(fn) -> bool:
+    """``fn(reconstructions, images)``: PSNR in dB of each image, a (B,) tensor, for images in [-1, 1]."""
+    g = torch.Generator().manual_seed(2)
+    x = torch.rand(3, 1, 6, 6, generator=g) * 2 - 1
+    noisy = x + torch.rand(3, 1, 6, 6, generator=g) * 0.3
+    cases = [((x + 0.1, x), torch.full((3,), 10 * math.log10(4 / 0.01)),
+              "an error of 0.1 everywhere is MSE 0.01; peak² = 4 because [-1, 1] is 2 wide: 26.0 dB"),
+             ((noisy, x), solutions.psnr_per_image(noisy, x),
+              "average the squared error over each image's own pixels: .flatten(1).mean(1)")]
+    return _verdict("psnr_per_image", fn, cases)
+
+
+def check_reparameterize(fn) -> bool:
+    """``fn(mean, logvar, noise)``: the reparameterisation trick, z = μ + σ·ε with σ = exp(½ log σ²)."""
+    g = torch.Generator().manual_seed(3)
+    mean, logvar, noise = (torch.randn(4, 2, generator=g) for _ in range(3))
+    zeros = torch.zeros(4, 2)
+    cases = [((mean, zeros, zeros), mean, "with ε = 0 the sample is the mean"),
+             ((zeros, zeros, noise), noise, "log σ² = 0 means σ = 1: the sample is ε itself"),
+             ((mean, logvar, noise), solutions.reparameterize(mean, logvar, noise),
+              "σ = exp(0.5 · logvar), not exp(logvar)")]
+    return _verdict("reparameterize", fn, cases)
+
+
+def check_kl_divergence(fn) -> bool:
+    """``fn(mean, logvar)``: KL(N(μ, σ²) ‖ N(0, I)) per image, summed over every latent number."""
+    g = torch.Generator().manual_seed(4)
+    mean, logvar = torch.randn(3, 4, 2, 2, generator=g), torch.randn(3, 4, 2, 2, generator=g)
+    zeros = torch.zeros(3, 5)
+    cases = [((zeros, zeros), torch.zeros(3), "the prior itself is 0 nats away from the prior"),
+             ((zeros + 1, zeros), torch.full((3,), 2.5), "μ = 1 costs ½ · μ² = 0.5 per number"),
+             ((mean, logvar), solutions.kl_divergence(mean, logvar),
+              "½ Σ (μ² + σ² − log σ² − 1), summed per image: flatten(1).sum(1)")]
+    return _verdict("kl_divergence", fn, cases)

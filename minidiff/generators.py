@@ -13,9 +13,11 @@ from PIL import Image
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from .checkpoints import save_safetensors_atomic
+from .autoencoder import VAE
+from .checkpoints import load_pretrained, save_safetensors_atomic
 from .data import load_fashion_mnist, load_mnist, to_tensor
 from .download import DataError, write_atomic
+from .gan import GAN
 from .shapes import make_shapes
 from .viz import image_grid
 
@@ -50,6 +52,19 @@ def real_fashion_mnist(n, seed):
 def shapes(n, seed):
     """The procedural shapes-with-captions set (its own seeded generator)."""
     return to_tensor(make_shapes(n, seed=seed)["images"]), None
+
+
+def _shipped(name, model_cls):
+    """A generator that samples a shipped checkpoint's ``.sample(n, generator)``."""
+    def draw(n, seed):
+        with torch.no_grad():
+            return load_pretrained(name, model_cls).sample(n, torch.Generator().manual_seed(seed)).clamp(-1, 1), None
+    draw.__doc__ = f"Samples from the shipped checkpoint {name!r}."
+    return draw
+
+
+for _name, _model_cls in [("vae_mnist", VAE), ("dcgan_mnist", GAN), ("dcgan_mnist_collapse", GAN)]:
+    GENERATORS[_name] = _shipped(_name, _model_cls)
 
 
 def save_samples(images: torch.Tensor, labels, png_path) -> list:

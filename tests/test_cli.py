@@ -54,3 +54,13 @@ def test_demo_sheet(tmp_path):
     picture = np.asarray(Image.open(path))
     assert picture.shape[1] > 800 and picture.shape[0] > 100 * len(PANELS)
     assert not list(tmp_path.glob("partial-*"))
+
+
+def test_shipped_generative_models_can_be_sampled_and_scored(tmp_path, capsys):
+    main(["sample", "vae_mnist", "-n", "300", "--out", str(tmp_path / "vae.png")])
+    capsys.readouterr()
+    main(["evaluate", str(tmp_path / "vae.safetensors")])
+    report = json.loads(capsys.readouterr().out)
+    assert report["n"] == 300 and report["fid"] < 500 and min(report["class_histogram"]) > 0
+    images, _ = GENERATORS["dcgan_mnist"](8, 0)
+    assert images.shape == (8, 1, 28, 28) and torch.equal(images, GENERATORS["dcgan_mnist"](8, 0)[0])
