@@ -6,6 +6,7 @@ state goes to ``runs/<name>/`` so an interrupted recipe resumes where it stopped
 few-step smoke run that writes to ``runs/`` only and never touches the shipped weights.
 """
 import functools
+import os
 import time
 from pathlib import Path
 
@@ -17,11 +18,14 @@ from .autoencoder import (VAE, Autoencoder, autoencoder_loss, decode_all, encode
 from .checkpoints import save_weights
 from .classifier import MNISTClassifier, classifier_loss, predict
 from .data import mnist_dataset
+from .diffusion import unet_loss
 from .gan import GAN, gan_parts, make_gan_loss
 from .metrics import (PROTOCOL_SAMPLES, PROTOCOL_SEED, classifier_fid, evaluate_samples, psnr,
                       real_vs_real_fid)
+from .samplers import generate
 from .shapes import ShapesDataset
 from .train import TrainConfig, train
+from .unet import UNet
 
 RECIPES = {}
 
@@ -32,7 +36,8 @@ def recipe(fn):
 
 
 def _out_dir(name, fast):
-    return str(Path("runs") / (f"{name}-fast" if fast else name))
+    """Resumable training state: ``runs/<name>`` (or under ``$MINIDIFF_RUNS``)."""
+    return str(Path(os.environ.get("MINIDIFF_RUNS", "runs")) / (f"{name}-fast" if fast else name))
 
 
 @recipe
@@ -238,3 +243,57 @@ def dcgan_mnist_collapse(fast: bool = False, device: str = "auto") -> dict:
                       "(seed 0) vs MNIST test; class histogram of 10,000 samples", steps=300,
                       lr={"discriminator": 2e-4, "generator": 1e-3}, betas=(0.9, 0.999), warmup_steps=20,
                       g_norm="none")
+
+
+# ----------------------------------------------------------------------------- chapters 04–05: the pixel-space denoiser
+
+def ddpm_mnist_model(num_classes: int | None = None) -> UNet:
+    """The course's MNIST denoiser: 32-64-64 channels at 28-14-7 pixels, one residual block per level,
+    attention at 7×7, 1.11M parameters; v-prediction on the cosine schedule."""
+    return UNet(1, 28, channels=(32, 64, 64), attention=(False, False, True), num_res_blocks=1, dropout=0.1,
+                num_classes=num_classes, prediction_type="v_prediction", schedule="cosine")
+
+
+def ddpm_mnist_config(steps: int, fast: bool, out_dir: str | None, device: str = "auto",
+                      progress: bool = True) -> TrainConfig:
+    """How minidiff trains a diffusion model on a CPU budget: a high learning rate with warm-up and
+    cosine decay, min-SNR-5 weighting (in ``unet_loss``) and an EMA whose warm-up lets a short run's
+    average forget its random start."""
+    return TrainConfig(steps=steps, batch_size=128, lr=2e-3, weight_decay=0.0, warmup_steps=min(500, steps // 10),
+                       min_lr_ratio=0.05, grad_clip=1.0, ema_decay=0.999, seed=0, device=device, log_every=50,
+                       checkpoint_every=None if fast else 250, out_dir=out_dir, progress=progress)
+
+
+def _ddpm_mnist(name: str, num_classes: int | None, steps: int, fast: bool, device: str) -> dict:
+    """Train, measure with the protocol (DPM-Solver++(2M), 20 steps: the quick figure; the 1,000-step
+    ancestral figure comes from ``benchmarks/``), and ship the EMA weights."""
+    torch.manual_seed(0)
+    config = ddpm_mnist_config(20 if fast else steps, fast, _out_dir(name, fast), device)
+    result = train(ddpm_mnist_model(num_classes), unet_loss, mnist_dataset("train"), config, resume=True)
+    model = result.ema.cpu().eval()
+    n = 200 if fast else PROTOCOL_SAMPLES
+    labels = None if num_classes is None else torch.arange(n) % num_classes
+    guidance = 1.0 if num_classes is None else 3.0
+    images = generate(model, n, sampler="dpmpp_2m", num_inference_steps=20, labels=labels,
+                      guidance_scale=guidance, seed=PROTOCOL_SEED)
+    report = evaluate_samples(images, labels)
+    metrics = {"fid_dpmpp_2m_20": report["fid"], "class_histogram": report["class_histogram"],
+               "confidence": report["confidence"], "real_vs_real_fid": real_vs_real_fid()}
+    if labels is not None:
+        metrics.update(guidance_scale=guidance, accuracy=report["accuracy"],
+                       per_class_accuracy=report["per_class_accuracy"])
+    data = "MNIST train (60,000); FID of 2,000 samples (seed 0) vs MNIST test"
+    return _ship(model, name, result, fast, data, metrics)
+
+
+@recipe
+def ddpm_mnist(fast: bool = False, device: str = "auto") -> dict:
+    """Chapter 05's unconditional denoiser."""
+    return _ddpm_mnist("ddpm_mnist", None, 6000, fast, device)
+
+
+@recipe
+def ddpm_mnist_cond(fast: bool = False, device: str = "auto") -> dict:
+    """Chapter 05's class-conditional denoiser ("draw me a 7"): 10 % of labels dropped to the null
+    label during training, so classifier-free guidance works."""
+    return _ddpm_mnist("ddpm_mnist_cond", 10, 6000, fast, device)
