@@ -96,8 +96,13 @@ def evaluate_samples(images: torch.Tensor, labels=None, classifier=None) -> dict
     return report
 
 
-def psnr(reconstructions: torch.Tensor, images: torch.Tensor) -> float:
-    """Peak signal-to-noise ratio in dB for images in [-1, 1] (peak-to-peak 2), averaged over images:
+def psnr_per_image(reconstructions: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """Peak signal-to-noise ratio in dB of each image, for images in [-1, 1] (peak-to-peak 2):
     PSNR = 10 · log10(2² / MSE). 20 dB is blurry, 30 dB hard to tell apart by eye."""
-    mse = ((reconstructions.clamp(-1, 1) - images) ** 2).flatten(1).mean(1).clamp(min=1e-10)
-    return (10 * torch.log10(4 / mse)).mean().item()
+    mse = ((reconstructions - images) ** 2).flatten(1).mean(1)
+    return 10 * torch.log10(4 / mse)
+
+
+def psnr(reconstructions: torch.Tensor, images: torch.Tensor) -> float:
+    """Mean PSNR over images, with reconstructions first clipped to the valid range [-1, 1]."""
+    return psnr_per_image(reconstructions.clamp(-1, 1), images).mean().item()
