@@ -11,6 +11,7 @@ import math
 import torch
 
 from . import solutions
+from .schedules import cosine_schedule, linear_schedule
 
 
 def _verdict(name: str, fn, cases) -> bool:
@@ -88,7 +89,6 @@ def check_generator_loss(fn) -> bool:
 def check_q_sample(fn) -> bool:
     """``fn(x0, t, noise, alphas_cumprod)``: the closed-form jump to step t (chapter 04),
     x_t = √ᾱ_t · x_0 + √(1 − ᾱ_t) · ε, for a batch with one t per image."""
-    from .schedules import cosine_schedule, linear_schedule
     g = torch.Generator().manual_seed(3)
     x0, noise = torch.rand(4, 1, 3, 3, generator=g) * 2 - 1, torch.randn(4, 1, 3, 3, generator=g)
     cases = []

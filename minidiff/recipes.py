@@ -60,11 +60,8 @@ def mnist_classifier(fast: bool = False, device: str = "auto") -> dict:
     started = time.perf_counter()
     metrics["real_vs_real_fid"] = real_vs_real_fid(classifier=classifier)
     metrics["real_vs_real_seconds"] = round(time.perf_counter() - started, 1)
-    if not fast:
-        save_weights(classifier, "mnist_classifier", recipe="python -m minidiff train mnist_classifier",
-                     data="MNIST train (60,000, data/mnist); evaluated on MNIST test (10,000)",
-                     steps=result.steps, wall_time_s=result.wall_time_s, metrics=metrics)
-    return metrics
+    return _ship(classifier, "mnist_classifier", result, fast,
+                 "MNIST train (60,000, data/mnist); evaluated on MNIST test (10,000)", metrics)
 
 
 # ----------------------------------------------------------------------------- chapters 01–02: autoencoders and VAEs
