@@ -245,10 +245,12 @@ def dcgan_mnist_collapse(fast: bool = False, device: str = "auto") -> dict:
 # ----------------------------------------------------------------------------- chapters 04–05: the pixel-space denoiser
 
 def ddpm_mnist_model(num_classes: int | None = None) -> UNet:
-    """The course's MNIST denoiser: 32-64-64 channels at 28-14-7 pixels, one residual block per level,
-    attention at 7×7, 1.11M parameters; v-prediction on the cosine schedule."""
-    return UNet(1, 28, channels=(32, 64, 64), attention=(False, False, True), num_res_blocks=1, dropout=0.1,
-                num_classes=num_classes, prediction_type="v_prediction", schedule="cosine")
+    """The course's MNIST denoiser: 2×2 patches (28×28×1 → 14×14×4), then 32-64 channels at 14-7
+    positions, two residual blocks per level, attention at 7×7; 1.0M parameters and 70M
+    multiply-adds per image, about 500 images/s forward on 2 CPU cores. v-prediction on the cosine
+    schedule."""
+    return UNet(1, 28, channels=(32, 64), attention=(False, True), num_res_blocks=2, dropout=0.0,
+                num_classes=num_classes, prediction_type="v_prediction", schedule="cosine", patch_size=2)
 
 
 def ddpm_mnist_config(steps: int, fast: bool, out_dir: str | None, device: str = "auto",
@@ -274,8 +276,10 @@ def _ddpm_mnist(name: str, num_classes: int | None, steps: int, fast: bool, devi
     images = generate(model, n, sampler="dpmpp_2m", num_inference_steps=20, labels=labels,
                       guidance_scale=guidance, seed=PROTOCOL_SEED)
     report = evaluate_samples(images, labels)
-    metrics = {"fid_dpmpp_2m_20": report["fid"], "class_histogram": report["class_histogram"],
-               "confidence": report["confidence"], "real_vs_real_fid": real_vs_real_fid()}
+    metrics = {"parameters": sum(p.numel() for p in model.parameters()), "fid_dpmpp_2m_20": report["fid"],
+               "class_histogram": report["class_histogram"], "confidence": report["confidence"],
+               "real_vs_real_fid": real_vs_real_fid(),
+               "loss_curve": [[h["step"], round(h["loss"], 5)] for h in result.history]}
     if labels is not None:
         metrics.update(guidance_scale=guidance, accuracy=report["accuracy"],
                        per_class_accuracy=report["per_class_accuracy"])
@@ -286,11 +290,11 @@ def _ddpm_mnist(name: str, num_classes: int | None, steps: int, fast: bool, devi
 @recipe
 def ddpm_mnist(fast: bool = False, device: str = "auto") -> dict:
     """Chapter 05's unconditional denoiser."""
-    return _ddpm_mnist("ddpm_mnist", None, 6000, fast, device)
+    return _ddpm_mnist("ddpm_mnist", None, 4000, fast, device)
 
 
 @recipe
 def ddpm_mnist_cond(fast: bool = False, device: str = "auto") -> dict:
     """Chapter 05's class-conditional denoiser ("draw me a 7"): 10 % of labels dropped to the null
     label during training, so classifier-free guidance works."""
-    return _ddpm_mnist("ddpm_mnist_cond", 10, 6000, fast, device)
+    return _ddpm_mnist("ddpm_mnist_cond", 10, 4000, fast, device)

@@ -14,8 +14,13 @@ SMALL = dict(channels=(8, 16), attention=(False, True), num_res_blocks=1, groups
     (3, 32, (8, 16, 16, 16), (False, False, True, True)),  # shapes: 32 → 16 → 8 → 4
     (4, 8, (8, 16), (True, True)),              # a latent: 8×8×4
 ])
-def test_output_matches_input_and_every_parameter_gets_a_gradient(in_channels, image_size, channels, attention):
-    model = UNet(in_channels, image_size, channels, attention, num_res_blocks=1, groups=4, heads=2)
+@pytest.mark.parametrize("patch_size", [1, 2])
+def test_output_matches_input_and_every_parameter_gets_a_gradient(in_channels, image_size, channels, attention,
+                                                                 patch_size):
+    if image_size % (patch_size * 2 ** (len(channels) - 1)):
+        channels, attention = channels[:-1], attention[:-1]
+    model = UNet(in_channels, image_size, channels, attention, num_res_blocks=1, groups=4, heads=2,
+                 patch_size=patch_size)
     nn_init_head_nonzero(model)
     x = torch.randn(3, in_channels, image_size, image_size)
     out = model(x, torch.tensor([0, 5, 999]))
@@ -27,6 +32,22 @@ def test_output_matches_input_and_every_parameter_gets_a_gradient(in_channels, i
 def nn_init_head_nonzero(model):
     """The head starts at zero (a calm start); give it weights so gradients reach every layer."""
     torch.nn.init.normal_(model.head[-1].weight, std=0.1)
+
+
+def test_patching_keeps_every_pixel_its_own_output():
+    """With 2×2 patches the network sees a 14×14×4 rearrangement of the digit; folding and unfolding
+    are exact inverses, so output pixel (i, j) still answers for input pixel (i, j): a change of one
+    input pixel, with the network reduced to the identity, moves only that output pixel."""
+    x = torch.randn(2, 1, 28, 28)
+    assert torch.equal(torch.nn.functional.pixel_shuffle(torch.nn.functional.pixel_unshuffle(x, 2), 2), x)
+    model = UNet(**SMALL, patch_size=2).eval()
+    assert model.stem.in_channels == 4 and model.head[-1].out_channels == 4
+    nn_init_head_nonzero(model)
+    t = torch.tensor([10, 10])
+    bumped = x.clone()
+    bumped[:, :, 5, 9] += 1.0
+    changed = (model(bumped, t) - model(x, t)).abs().sum(dim=(0, 1))
+    assert changed[5, 9] > 0 and changed.shape == (28, 28)
 
 
 def test_class_labels_change_the_output_and_the_null_label_is_the_default():
@@ -68,8 +89,10 @@ def test_wrong_inputs_are_clear_errors():
     model = UNet(**SMALL)
     with pytest.raises(ValueError, match=r"images of shape \(B, 1, 28, 28\), got \(2, 1, 32, 32\)"):
         model(torch.randn(2, 1, 32, 32), torch.tensor([0, 0]))
-    with pytest.raises(ValueError, match="divisible by 2"):
+    with pytest.raises(ValueError, match="divisible by patch_size·2\\^2 = 4"):
         UNet(image_size=30, channels=(8, 16, 32), attention=(False, False, True))
+    with pytest.raises(ValueError, match="divisible by patch_size·2\\^1 = 4"):
+        UNet(image_size=14, channels=(8, 16), attention=(False, True), patch_size=2)
 
 
 def test_overfits_a_fixed_batch():
