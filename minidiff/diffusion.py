@@ -82,7 +82,8 @@ def loss_weight(snr_t: torch.Tensor, prediction_type: str, weighting: str = "min
 
 def diffusion_loss(model, x0: torch.Tensor, alphas_cumprod: torch.Tensor, prediction_type: str = "epsilon",
                    weighting: str = "min_snr", gamma: float = 5.0, labels=None, label_dropout: float = 0.0,
-                   null_label: int | None = None) -> dict:
+                   null_label: int | None = None, t: torch.Tensor | None = None,
+                   noise: torch.Tensor | None = None) -> dict:
     """The training step of every diffusion model in the course (Ho et al., 2020, algorithm 1):
 
         1. take a batch of images x_0            (given)
@@ -91,12 +92,16 @@ def diffusion_loss(model, x0: torch.Tensor, alphas_cumprod: torch.Tensor, predic
         4. predict the target from (x_t, t) and take the weighted squared error
 
     With class labels, a fraction ``label_dropout`` of them is replaced by ``null_label`` so the same
-    network also learns the unconditional model that classifier-free guidance needs.
+    network also learns the unconditional model that classifier-free guidance needs. ``t`` and
+    ``noise`` are drawn at random unless given: fixing them gives a held-out loss without sampling
+    noise, and the exercises a checkable answer.
     """
     if prediction_type not in PREDICTION_TYPES:
         raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, not {prediction_type!r}")
-    t = torch.randint(0, len(alphas_cumprod), (x0.shape[0],), device=x0.device)
-    noise = torch.randn_like(x0)
+    if t is None:
+        t = torch.randint(0, len(alphas_cumprod), (x0.shape[0],), device=x0.device)
+    if noise is None:
+        noise = torch.randn_like(x0)
     x_t = q_sample(x0, t, noise, alphas_cumprod)
     if labels is not None and label_dropout > 0:
         dropped = torch.rand(labels.shape, device=labels.device) < label_dropout

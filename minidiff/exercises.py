@@ -100,6 +100,47 @@ def check_q_sample(fn) -> bool:
     return _verdict("q_sample", fn, cases)
 
 
+def check_epsilon_loss(fn) -> bool:
+    """``fn(model, x0, t, noise, alphas_cumprod)``: DDPM's training loss for one batch (chapter 05) with
+    the step t and the noise ε already drawn: x_t = q_sample(x0, t, noise, …), then the mean of
+    (model(x_t, t) − ε)², a scalar tensor."""
+    g = torch.Generator().manual_seed(5)
+    x0, noise = torch.rand(4, 1, 3, 3, generator=g) * 2 - 1, torch.randn(4, 1, 3, 3, generator=g)
+    t, schedule = torch.tensor([10, 200, 500, 950]), cosine_schedule()
+
+    def oracle(x_t, t):
+        return noise
+
+    def blind(x_t, t):
+        return torch.zeros_like(x_t)
+
+    def toy(x_t, t):  # depends on both inputs, as a real denoiser does
+        return 0.5 * x_t + t.float().reshape(-1, 1, 1, 1) / 1000
+
+    cases = [((oracle, x0, t, noise, schedule), torch.tensor(0.0),
+              "a model that returns exactly ε has loss 0: compare the prediction with `noise`"),
+             ((blind, x0, t, noise, schedule), noise.square().mean(),
+              "a model that always says 0 scores mean(ε²): the target is ε, not x_0"),
+             ((toy, x0, t, noise, schedule), solutions.epsilon_loss(toy, x0, t, noise, schedule),
+              "give the model the noisy x_t (q_sample of x0 at t) and t, not x_0")]
+    return _verdict("epsilon_loss", fn, cases)
+
+
+def check_x0_from_epsilon(fn) -> bool:
+    """``fn(x_t, t, epsilon, alphas_cumprod)``: the clean image a noise prediction implies (chapter 05),
+    x_0 = (x_t − √(1 − ᾱ_t) · ε) / √ᾱ_t, one t per image."""
+    g = torch.Generator().manual_seed(6)
+    x0, noise = torch.rand(3, 1, 4, 4, generator=g) * 2 - 1, torch.randn(3, 1, 4, 4, generator=g)
+    schedule = cosine_schedule()
+    cases = []
+    for t, hint in [(torch.tensor([0, 0, 0]), "at t = 0, x_t is almost x_0 already"),
+                    (torch.tensor([100, 500, 900]), "q_sample backwards: subtract √(1−ᾱ)·ε, then divide by √ᾱ; "
+                                                    "each image has its own t")]:
+        x_t = solutions.q_sample(x0, t, noise, schedule)
+        cases.append(((x_t, t, noise, schedule), x0, hint))
+    return _verdict("x0_from_epsilon", fn, cases)
+
+
 def check_psnr_per_image(fn) -> bool:
     """``fn(reconstructions, images)``: PSNR in dB of each image, a (B,) tensor, for images in [-1, 1]."""
     g = torch.Generator().manual_seed(2)

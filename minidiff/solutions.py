@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 # Where an exercise rebuilds one of the library's own functions, the library's function is the answer.
 from .autoencoder import kl_divergence, reparameterize  # noqa: F401  (chapter 02)
-from .diffusion import q_sample  # noqa: F401  (chapter 04)
+from .diffusion import at_step, convert_prediction, diffusion_loss, q_sample  # noqa: F401  (chapters 04–05)
 from .gan import discriminator_loss, generator_loss  # noqa: F401  (chapter 03)
 from .metrics import psnr_per_image  # noqa: F401  (chapter 01)
 
@@ -20,3 +20,13 @@ def mosaic(images: torch.Tensor, block: int) -> torch.Tensor:
 def add_noise(images: torch.Tensor, noise: torch.Tensor, amount: float) -> torch.Tensor:
     """√(1 − a)·x + √a·ε: with unit-variance x and ε the result has unit variance for every a."""
     return (1 - amount) ** 0.5 * images + amount ** 0.5 * noise
+
+
+def epsilon_loss(model, x0, t, noise, alphas_cumprod):
+    """DDPM's "simple" loss (chapter 05): noise x_0 to step t, ask the model for ε, mean squared error."""
+    return diffusion_loss(model, x0, alphas_cumprod, "epsilon", weighting="none", t=t, noise=noise)["loss"]
+
+
+def x0_from_epsilon(x_t, t, epsilon, alphas_cumprod):
+    """Undo q_sample for x_0 (chapter 05): x_0 = (x_t − √(1 − ᾱ_t) · ε) / √ᾱ_t."""
+    return convert_prediction(epsilon, x_t, at_step(alphas_cumprod, t, x_t), "epsilon", "sample")
