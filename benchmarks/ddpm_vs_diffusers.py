@@ -4,9 +4,11 @@
     python benchmarks/ddpm_vs_diffusers.py --minutes 20 --sampler ddim --steps 100
 
 Both sides get the same MNIST training set, the same wall-clock budget on this machine, a U-Net of
-the same size (diffusers' ``UNet2DModel`` configured like minidiff's: 32-64-64 channels, one block per
-level, attention at 7×7, 1.11M parameters) and are sampled the same way, then scored with the
-course's protocol (classifier-FID of 2,000 samples, seed 0, beside the real-vs-real floor).
+about the same size, and are sampled the same way, then scored with the course's protocol
+(classifier-FID of 2,000 samples, seed 0, beside the real-vs-real floor). The peer's U-Net is diffusers'
+``UNet2DModel`` configured for 28×28 digits the usual way (32-64-64 channels, one block per level,
+attention at 7×7: 1.11M parameters, 189M multiply-adds per image); minidiff's is its recipe's (2×2
+patches, 32-64 channels, two blocks per level: 1.00M parameters, 70M multiply-adds).
 
 The peer is diffusers' own recipe (its ``train_unconditional`` example): ``DDPMScheduler`` with the
 linear schedule, ε-prediction, plain MSE, AdamW at 1e-4 with cosine decay after 500 warm-up steps,
@@ -25,8 +27,9 @@ from minidiff import metrics
 from minidiff.data import mnist_dataset
 from minidiff.diffusion import unet_loss
 from minidiff.recipes import ddpm_mnist_config, ddpm_mnist_model
-from minidiff.samplers import generate
+from minidiff.samplers import generate, starting_noise
 from minidiff.train import batch_indices, train
+from samplers_vs_diffusers import sample_diffusers
 
 
 def steps_for(seconds_per_step: float, minutes: float) -> int:
@@ -86,19 +89,11 @@ def train_diffusers(minutes, batch_size=128, seed=0):
     return model, scheduler, total, seconds
 
 
-@torch.no_grad()
-def sample_diffusers(model, train_scheduler, sampler, steps, n, seed=metrics.PROTOCOL_SEED, batch_size=500):
+def sample_peer(model, train_scheduler, sampler, steps, n):
+    """The peer sampled with diffusers' own scheduler loop, from the same starting noise as minidiff."""
     from diffusers import DDIMScheduler, DDPMScheduler
     scheduler = (DDIMScheduler if sampler == "ddim" else DDPMScheduler).from_config(train_scheduler.config)
-    scheduler.set_timesteps(steps)
-    generator = torch.Generator().manual_seed(seed)
-    out = []
-    for start in range(0, n, batch_size):
-        x = torch.randn(min(batch_size, n - start), 1, 28, 28, generator=generator)
-        for t in scheduler.timesteps:
-            x = scheduler.step(model(x, t).sample, t, x, generator=generator).prev_sample
-        out.append(x.clamp(-1, 1))
-    return torch.cat(out)
+    return sample_diffusers(scheduler, lambda x, t: model(x, t).sample, starting_noise(n, (1, 28, 28)), steps)
 
 
 def main():
@@ -114,8 +109,8 @@ def main():
     rows = {
         "minidiff": (our_steps, our_time, generate(ours, args.samples, sampler=args.sampler,
                                                    num_inference_steps=args.steps)),
-        "diffusers": (peer_steps, peer_time, sample_diffusers(peer, peer_scheduler, args.sampler, args.steps,
-                                                              args.samples)),
+        "diffusers": (peer_steps, peer_time, sample_peer(peer, peer_scheduler, args.sampler, args.steps,
+                                                         args.samples)),
     }
     floor = metrics.real_vs_real_fid()
     print(f"{'':10s} {'train steps':>11s} {'train s':>8s} {'FID':>8s} {'FID/floor':>9s}   "

@@ -115,6 +115,19 @@ def save_weights(model, name: str, *, directory=None, recipe: str, data: str, st
     return path
 
 
+def record_metrics(name: str, metrics: dict, *, directory=None) -> dict:
+    """Add measurements made after training (e.g. a slow benchmark) to ``name``'s manifest entry;
+    the weights and their hash are untouched. Returns the entry's updated metrics."""
+    directory = checkpoints_dir(directory)
+    manifest = read_manifest(directory)
+    if name not in manifest:
+        raise DataError(f"No checkpoint named {name!r} in {directory / 'manifest.json'}: ship it first with "
+                        f"`python -m minidiff train {name}`.")
+    manifest[name]["metrics"] = {**manifest[name]["metrics"], **metrics}
+    write_json_atomic(manifest, directory / "manifest.json")
+    return manifest[name]["metrics"]
+
+
 def load_pretrained(name: str, model_cls, *, directory=None, device="cpu"):
     """Build ``model_cls(**config)`` from the manifest entry ``name``, load its verified weights, eval mode.
 

@@ -203,6 +203,13 @@ def schedule_sigmas(alphas_cumprod: torch.Tensor, num_inference_steps: int, spac
     raise ValueError(f"spacing must be 'uniform_t' or 'karras', not {spacing!r}")
 
 
+def starting_noise(n: int, shape: tuple, seed: int = 0) -> torch.Tensor:
+    """N(0, I) noise for n images; image i's noise depends only on (seed, i), so the first k of n
+    images are the same pictures as k images on their own (and benchmarks can share the noise)."""
+    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(seed * 1_000_003 + i))
+                        for i in range(n)])
+
+
 @torch.no_grad()
 def generate(model, n: int, *, sampler: str = "ddpm", num_inference_steps: int | None = None,
              spacing: str = "uniform_t", labels=None, guidance_scale: float = 1.0, seed: int = 0,
@@ -219,9 +226,7 @@ def generate(model, n: int, *, sampler: str = "ddpm", num_inference_steps: int |
     device = next(model.parameters()).device
     alphas_cumprod = make_schedule(model.schedule, model.num_train_steps)
     sigmas = schedule_sigmas(alphas_cumprod, num_inference_steps or model.num_train_steps, spacing)
-    shape = (model.in_channels, model.image_size, model.image_size)
-    noise = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(seed * 1_000_003 + i))
-                         for i in range(n)])
+    noise = starting_noise(n, (model.in_channels, model.image_size, model.image_size), seed)
     stochastic = sampler in ("ddpm", "ddim", "euler_ancestral")
     out = []
     for start in tqdm(range(0, n, batch_size), desc=f"{sampler} × {len(sigmas) - 1}", disable=not progress):

@@ -10,8 +10,8 @@ from safetensors.torch import load_file
 from torch import nn
 
 from minidiff import checkpoints
-from minidiff.checkpoints import (hardware_description, load_pretrained, read_manifest, save_safetensors_atomic,
-                                  save_weights, write_json_atomic)
+from minidiff.checkpoints import (hardware_description, load_pretrained, read_manifest, record_metrics,
+                                  save_safetensors_atomic, save_weights, write_json_atomic)
 from minidiff.download import DataError
 
 
@@ -59,6 +59,14 @@ def test_round_trip(tmp_path):
     assert {"sha256", "data", "steps", "wall_time_s", "hardware", "created"} <= entry.keys()
     assert set(read_manifest(tmp_path)) == {"net", "other"}
     assert load_file(path).keys() == model.state_dict().keys()  # plain safetensors, no pickle
+
+    before = read_manifest(tmp_path)
+    assert record_metrics("net", {"fid": 3.5}, directory=tmp_path) == {"acc": 0.5, "fid": 3.5}
+    after = read_manifest(tmp_path)
+    assert after["net"] == {**entry, "metrics": {"acc": 0.5, "fid": 3.5}} and after["other"] == before["other"]
+    load_pretrained("net", Net, directory=tmp_path)  # the weights' hash still matches
+    with pytest.raises(DataError, match="ship it first"):
+        record_metrics("nope", {"fid": 1.0}, directory=tmp_path)
 
 
 def test_unknown_name_lists_available(tmp_path):

@@ -1,0 +1,93 @@
+"""Quality against cost: classifier-FID of a shipped denoiser for every sampler at several numbers of
+network evaluations (NFE), with the course's protocol (2,000 samples, seed 0, vs MNIST test).
+
+    python benchmarks/fid_vs_nfe.py                       # every sampler × NFE 5…100, plus DDPM × 1000
+    python benchmarks/fid_vs_nfe.py --samplers dpmpp_2m --nfe 10 --samples 500
+
+Each finished row is written at once to ``benchmarks/results/fid_vs_nfe_<model>.json`` (atomically), and
+a re-run skips the rows already there, so a long run can be stopped and resumed. DDPM × 1000 — the
+ancestral sampler on every training step — is the reference the others are held to; its FID is also
+recorded in the model's manifest entry (``fid_ddpm_1000``).
+
+NFE: Euler, DDIM, DDPM, Euler ancestral and DPM-Solver++(2M) call the network once per step; Heun
+twice, except on its last step, so n steps cost 2n − 1.
+"""
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from minidiff import metrics
+from minidiff.checkpoints import hardware_description, load_pretrained, read_manifest, record_metrics, write_json_atomic
+from minidiff.samplers import SAMPLERS, generate
+from minidiff.unet import UNet
+
+SPACING = {"ddpm": "uniform_t", "ddim": "uniform_t", "euler": "karras", "euler_ancestral": "karras",
+           "heun": "karras", "dpmpp_2m": "karras"}
+RESULTS = Path(__file__).parent / "results"
+
+
+def steps_for_nfe(sampler: str, nfe: int) -> int:
+    return (nfe + 1) // 2 if sampler == "heun" else nfe
+
+
+def nfe_of(sampler: str, steps: int) -> int:
+    return 2 * steps - 1 if sampler == "heun" else steps
+
+
+def measure(model, sampler, steps, spacing, samples, labels, guidance_scale):
+    started = time.perf_counter()
+    images = generate(model, samples, sampler=sampler, num_inference_steps=steps, spacing=spacing,
+                      labels=None if labels is None else labels[:samples], guidance_scale=guidance_scale,
+                      seed=metrics.PROTOCOL_SEED)
+    seconds = time.perf_counter() - started
+    report = metrics.evaluate_samples(images, None if labels is None else labels[:samples])
+    row = dict(sampler=sampler, spacing=spacing, steps=steps, nfe=nfe_of(sampler, steps), samples=samples,
+               fid=report["fid"], seconds=round(seconds, 1), images_per_s=round(samples / seconds, 2))
+    if labels is not None:
+        row.update(accuracy=report["accuracy"], guidance_scale=guidance_scale)
+    return row
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="ddpm_mnist", help="a shipped UNet checkpoint")
+    parser.add_argument("--samplers", nargs="+", default=list(SAMPLERS), choices=list(SAMPLERS))
+    parser.add_argument("--nfe", nargs="+", type=int, default=[5, 10, 20, 50, 100])
+    parser.add_argument("--reference", type=int, default=1000, help="NFE of the DDPM reference row (0: none)")
+    parser.add_argument("--spacing", choices=["uniform_t", "karras"], help="one spacing for all samplers")
+    parser.add_argument("--samples", type=int, default=metrics.PROTOCOL_SAMPLES)
+    parser.add_argument("--guidance", type=float, default=3.0, help="class-conditional models only")
+    parser.add_argument("--out", type=Path, help="results file (default benchmarks/results/fid_vs_nfe_<model>.json)")
+    args = parser.parse_args()
+
+    torch.manual_seed(0)
+    model = load_pretrained(args.model, UNet)
+    labels = None if model.num_classes is None else torch.arange(args.samples) % model.num_classes
+    out = args.out or RESULTS / f"fid_vs_nfe_{args.model}.json"
+    results = json.loads(out.read_text()) if out.exists() else {"model": args.model, "sha256": read_manifest()[args.model]["sha256"],
+                                    "seed": metrics.PROTOCOL_SEED, "real_vs_real_fid": metrics.real_vs_real_fid(),
+                                    "hardware": hardware_description(),
+                                    "threads": torch.get_num_threads(), "rows": []}
+    plan = [(s, steps_for_nfe(s, n)) for s in args.samplers for n in args.nfe]
+    if args.reference:
+        plan.append(("ddpm", args.reference))
+    for sampler, steps in plan:
+        spacing = args.spacing or SPACING[sampler]
+        done = [r for r in results["rows"] if (r["sampler"], r["spacing"], r["steps"], r["samples"]) ==
+                (sampler, spacing, steps, args.samples)]
+        row = done[0] if done else measure(model, sampler, steps, spacing, args.samples, labels, args.guidance)
+        if not done:
+            results["rows"].append(row)
+            write_json_atomic(results, out)
+        print(f"{sampler:16s} {spacing:9s} NFE {row['nfe']:5d}  FID {row['fid']:8.2f}  "
+              f"{row['images_per_s']:8.1f} images/s" + (f"  accuracy {row['accuracy']:.3f}" if "accuracy" in row else ""))
+        if (sampler, steps) == ("ddpm", 1000) and args.samples == metrics.PROTOCOL_SAMPLES and not args.out:
+            record_metrics(args.model, {"fid_ddpm_1000": row["fid"]} |
+                           ({"accuracy_ddpm_1000": row["accuracy"]} if "accuracy" in row else {}))
+
+
+if __name__ == "__main__":
+    main()
