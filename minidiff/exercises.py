@@ -141,6 +141,35 @@ def check_x0_from_epsilon(fn) -> bool:
     return _verdict("x0_from_epsilon", fn, cases)
 
 
+def check_ddim_step(fn) -> bool:
+    """``fn(x_t, t, t_prev, epsilon, alphas_cumprod)``: one deterministic DDIM step (chapter 06) from step t
+    to an earlier step t_prev: x̂_0 from ε, then x_{t_prev} = √ᾱ_{t_prev} · x̂_0 + √(1 − ᾱ_{t_prev}) · ε."""
+    g = torch.Generator().manual_seed(7)
+    x0, noise = torch.rand(3, 1, 4, 4, generator=g) * 2 - 1, torch.randn(3, 1, 4, 4, generator=g)
+    schedule = cosine_schedule()
+    t, t_prev = torch.tensor([900, 500, 100]), torch.tensor([700, 250, 0])
+    x_t = solutions.q_sample(x0, t, noise, schedule)
+    cases = [((x_t, t, t, noise, schedule), x_t, "a step from t to t itself changes nothing"),
+             ((x_t, t, t_prev, noise, schedule), solutions.q_sample(x0, t_prev, noise, schedule),
+              "with the true ε the step lands exactly on q_sample(x_0, t_prev, ε): first recover x̂_0 "
+              "(chapter 05), then re-noise it with the same ε")]
+    return _verdict("ddim_step", fn, cases)
+
+
+def check_euler_step(fn) -> bool:
+    """``fn(x, sigma, sigma_next, denoised)``: one Euler step of dx/dσ = (x − D(x, σ)) / σ (chapter 06),
+    from noise level σ to σ', given the denoiser's answer D = ``denoised``."""
+    g = torch.Generator().manual_seed(8)
+    x0, noise = torch.rand(2, 1, 4, 4, generator=g) * 2 - 1, torch.randn(2, 1, 4, 4, generator=g)
+    x = x0 + 5.0 * noise
+    cases = [((x, 5.0, 0.0, x0), x0, "a single step all the way to σ' = 0 lands on the denoised image"),
+             ((x, 5.0, 2.0, x0), x0 + 2.0 * noise, "the slope is (x − denoised)/σ; multiply by (σ' − σ), "
+                                                    "which is negative"),
+             ((x, 5.0, 4.0, x0 + 0.1), solutions.euler_step(x, 5.0, 4.0, x0 + 0.1),
+              "use the denoised image you are given, not one you compute")]
+    return _verdict("euler_step", fn, cases)
+
+
 def check_psnr_per_image(fn) -> bool:
     """``fn(reconstructions, images)``: PSNR in dB of each image, a (B,) tensor, for images in [-1, 1]."""
     g = torch.Generator().manual_seed(2)

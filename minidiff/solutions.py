@@ -10,6 +10,7 @@ from .autoencoder import kl_divergence, reparameterize  # noqa: F401  (chapter 0
 from .diffusion import at_step, convert_prediction, diffusion_loss, q_sample  # noqa: F401  (chapters 04–05)
 from .gan import discriminator_loss, generator_loss  # noqa: F401  (chapter 03)
 from .metrics import psnr_per_image  # noqa: F401  (chapter 01)
+from .samplers import to_d
 
 
 def mosaic(images: torch.Tensor, block: int) -> torch.Tensor:
@@ -30,3 +31,14 @@ def epsilon_loss(model, x0, t, noise, alphas_cumprod):
 def x0_from_epsilon(x_t, t, epsilon, alphas_cumprod):
     """Undo q_sample for x_0 (chapter 05): x_0 = (x_t − √(1 − ᾱ_t) · ε) / √ᾱ_t."""
     return convert_prediction(epsilon, x_t, at_step(alphas_cumprod, t, x_t), "epsilon", "sample")
+
+
+def ddim_step(x_t, t, t_prev, epsilon, alphas_cumprod):
+    """One deterministic DDIM step (chapter 06): estimate x_0 from ε, then re-noise it to step t_prev
+    with the *same* ε: x_{t_prev} = √ᾱ_{t_prev} · x̂_0 + √(1 − ᾱ_{t_prev}) · ε."""
+    return q_sample(x0_from_epsilon(x_t, t, epsilon, alphas_cumprod), t_prev, epsilon, alphas_cumprod)
+
+
+def euler_step(x, sigma, sigma_next, denoised):
+    """One Euler step of the probability-flow ODE in σ-space (chapter 06): x + (x − D)/σ · (σ' − σ)."""
+    return x + to_d(x, sigma, denoised) * (sigma_next - sigma)

@@ -197,3 +197,18 @@ def test_unet_loss_uses_labels_only_for_conditional_models():
         assert out["loss"].ndim == 0 and out["loss"] > 0
     with pytest.raises(ValueError, match="unknown sampler"):
         samplers.generate(tiny_unet(), 1, sampler="plms")
+
+
+def test_the_exercises_ddim_step_in_t_space_is_the_samplers_step_in_sigma_space():
+    """Chapter 06 writes DDIM in DDPM's variables (x_t, ε); the library works with x = x_t/√ᾱ_t and σ.
+    One step of each, from t = 600 to 300 with the same ε̂, must land on the same image."""
+    from minidiff import solutions
+    alphas_cumprod = schedules.cosine_schedule(1000).double()
+    g = torch.Generator().manual_seed(0)
+    x_t, epsilon = (torch.randn(4, 1, 3, 3, generator=g, dtype=torch.float64) for _ in range(2))
+    t, t_prev = torch.full((4,), 600), torch.full((4,), 300)
+    expected = solutions.ddim_step(x_t, t, t_prev, epsilon, alphas_cumprod)
+    x0_hat = solutions.x0_from_epsilon(x_t, t, epsilon, alphas_cumprod)
+    sigmas = schedules.sigmas_from_alphas_cumprod(alphas_cumprod)[[600, 300]]
+    x = samplers.sample_ddim(lambda x, sigma: x0_hat, x_t / alphas_cumprod[600].sqrt(), sigmas)
+    torch.testing.assert_close(x * alphas_cumprod[300].sqrt(), expected)
