@@ -5,7 +5,8 @@ network evaluations (NFE), with the course's protocol (2,000 samples, seed 0, vs
     python benchmarks/fid_vs_nfe.py --samplers dpmpp_2m --nfe 10 --samples 500
 
 Each finished row is written at once to ``benchmarks/results/fid_vs_nfe_<model>.json`` (atomically), and
-a re-run skips the rows already there, so a long run can be stopped and resumed. DDPM × 1000 — the
+a re-run skips the rows already there (measured on the same weights: the file records their sha256), so a
+long run can be stopped and resumed. DDPM × 1000 — the
 ancestral sampler on every training step — is the reference the others are held to; its FID is also
 recorded in the model's manifest entry (``fid_ddpm_1000``).
 
@@ -21,11 +22,9 @@ import torch
 
 from minidiff import metrics
 from minidiff.checkpoints import hardware_description, load_pretrained, read_manifest, record_metrics, write_json_atomic
-from minidiff.samplers import SAMPLERS, generate
+from minidiff.samplers import DEFAULT_SPACING, SAMPLERS, generate
 from minidiff.unet import UNet
 
-SPACING = {"ddpm": "uniform_t", "ddim": "uniform_t", "euler": "karras", "euler_ancestral": "karras",
-           "heun": "karras", "dpmpp_2m": "karras"}
 RESULTS = Path(__file__).parent / "results"
 
 
@@ -67,23 +66,26 @@ def main():
     model = load_pretrained(args.model, UNet)
     labels = None if model.num_classes is None else torch.arange(args.samples) % model.num_classes
     out = args.out or RESULTS / f"fid_vs_nfe_{args.model}.json"
-    results = json.loads(out.read_text()) if out.exists() else {"model": args.model, "sha256": read_manifest()[args.model]["sha256"],
-                                    "seed": metrics.PROTOCOL_SEED, "real_vs_real_fid": metrics.real_vs_real_fid(),
-                                    "hardware": hardware_description(),
-                                    "threads": torch.get_num_threads(), "rows": []}
+    sha256 = read_manifest()[args.model]["sha256"]
+    results = json.loads(out.read_text()) if out.exists() else None
+    if results is None or results["sha256"] != sha256:  # rows measured on other weights do not count
+        results = {"model": args.model, "sha256": sha256, "seed": metrics.PROTOCOL_SEED,
+                   "real_vs_real_fid": metrics.real_vs_real_fid(), "hardware": hardware_description(),
+                   "threads": torch.get_num_threads(), "rows": []}
     plan = [(s, steps_for_nfe(s, n)) for s in args.samplers for n in args.nfe]
     if args.reference:
         plan.append(("ddpm", args.reference))
     for sampler, steps in plan:
-        spacing = args.spacing or SPACING[sampler]
+        spacing = args.spacing or DEFAULT_SPACING[sampler]
         done = [r for r in results["rows"] if (r["sampler"], r["spacing"], r["steps"], r["samples"]) ==
                 (sampler, spacing, steps, args.samples)]
         row = done[0] if done else measure(model, sampler, steps, spacing, args.samples, labels, args.guidance)
         if not done:
             results["rows"].append(row)
             write_json_atomic(results, out)
+        accuracy = f"  accuracy {row['accuracy']:.3f}" if "accuracy" in row else ""
         print(f"{sampler:16s} {spacing:9s} NFE {row['nfe']:5d}  FID {row['fid']:8.2f}  "
-              f"{row['images_per_s']:8.1f} images/s" + (f"  accuracy {row['accuracy']:.3f}" if "accuracy" in row else ""))
+              f"{row['images_per_s']:8.1f} images/s{accuracy}")
         if (sampler, steps) == ("ddpm", 1000) and args.samples == metrics.PROTOCOL_SAMPLES and not args.out:
             record_metrics(args.model, {"fid_ddpm_1000": row["fid"]} |
                            ({"accuracy_ddpm_1000": row["accuracy"]} if "accuracy" in row else {}))

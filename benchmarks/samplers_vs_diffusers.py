@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from minidiff import metrics
-from minidiff.checkpoints import load_pretrained, write_json_atomic
+from minidiff.checkpoints import load_pretrained, read_manifest, write_json_atomic
 from minidiff.samplers import starting_noise
 from minidiff.schedules import betas_from_alphas_cumprod, make_schedule
 from minidiff.unet import UNet
@@ -69,7 +69,10 @@ def main():
     noise = starting_noise(args.samples, (model.in_channels, model.image_size, model.image_size),
                            metrics.PROTOCOL_SEED)
     out = RESULTS / f"samplers_vs_diffusers_{args.model}.json"
-    results = json.loads(out.read_text()) if out.exists() else {"model": args.model, "rows": []}
+    sha256 = read_manifest()[args.model]["sha256"]
+    results = json.loads(out.read_text()) if out.exists() else None
+    if results is None or results["sha256"] != sha256:  # rows measured on other weights do not count
+        results = {"model": args.model, "sha256": sha256, "rows": []}
     for kind in OURS:
         for spacing in args.spacings:
             for nfe in args.nfe:
@@ -87,7 +90,8 @@ def main():
 
 def print_table(results, args):
     ours_path = RESULTS / f"fid_vs_nfe_{args.model}.json"
-    ours = json.loads(ours_path.read_text())["rows"] if ours_path.exists() else []
+    ours = json.loads(ours_path.read_text()) if ours_path.exists() else {"sha256": None}
+    ours = ours["rows"] if ours["sha256"] == results["sha256"] else []
     print(f"classifier-FID, {args.samples} samples (lower is better)")
     print(f"{'sampler':34s}" + "".join(f"{'NFE ' + str(n):>10s}" for n in args.nfe))
     for kind, sampler in OURS.items():

@@ -1,5 +1,6 @@
 """The command line: ``python -m minidiff --help``."""
 import argparse
+import inspect
 import json
 import sys
 
@@ -15,14 +16,27 @@ def cmd_train(args):
     from .recipes import RECIPES
     if args.recipe not in RECIPES:
         sys.exit(f"unknown recipe {args.recipe!r}; available: {', '.join(sorted(RECIPES))}")
-    print(json.dumps(RECIPES[args.recipe](fast=args.fast, device=args.device), indent=2))
+    options = {"fast": args.fast, "device": args.device}
+    if args.steps is not None:
+        if "steps" not in inspect.signature(RECIPES[args.recipe]).parameters:
+            sys.exit(f"recipe {args.recipe!r} has a fixed length; --steps is for the diffusion recipes")
+        options["steps"] = args.steps
+    print(json.dumps(RECIPES[args.recipe](**options), indent=2))
 
 
 def cmd_sample(args):
-    from .generators import GENERATORS, save_samples
+    from .generators import DIFFUSION_SOURCES, GENERATORS, save_samples
     if args.source not in GENERATORS:
         sys.exit(f"unknown source {args.source!r}; available: {', '.join(sorted(GENERATORS))}")
-    images, labels = GENERATORS[args.source](args.n, args.seed)
+    options = {key: value for key, value in [("sampler", args.sampler), ("steps", args.steps),
+                                             ("guidance_scale", args.guidance)] if value is not None}
+    if options and args.source not in DIFFUSION_SOURCES:
+        sys.exit(f"--sampler, --steps and --guidance are for diffusion models ({', '.join(DIFFUSION_SOURCES)}), "
+                 f"not {args.source!r}")
+    try:
+        images, labels = GENERATORS[args.source](args.n, args.seed, **options)
+    except ValueError as err:  # e.g. an unknown sampler name, with the list to choose from
+        sys.exit(f"error: {err}")
     for path in save_samples(images, labels, args.out):
         print(f"wrote {path}")
 
@@ -60,6 +74,8 @@ def main(argv=None):
     p.add_argument("recipe", help="e.g. mnist_classifier")
     p.add_argument("--fast", action="store_true", help="a few steps only; shipped weights are left alone")
     p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, mps")
+    p.add_argument("--steps", type=int, help="diffusion recipes: train this long (more than a finished run's "
+                                             "steps resumes and extends it)")
     p.set_defaults(run=cmd_train)
 
     p = sub.add_parser("sample", help="draw images from a model or data source into a PNG grid + safetensors")
@@ -67,6 +83,10 @@ def main(argv=None):
     p.add_argument("-n", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="outputs/samples.png")
+    p.add_argument("--sampler", help="diffusion models only: ddpm, ddim, euler, euler_ancestral, heun or "
+                                     "dpmpp_2m (default)")
+    p.add_argument("--steps", type=int, help="diffusion models only: number of sampling steps (default 20)")
+    p.add_argument("--guidance", type=float, help="class-conditional diffusion: guidance scale (default 3)")
     p.set_defaults(run=cmd_sample)
 
     p = sub.add_parser("evaluate", help="score samples with the course's protocol (classifier-FID and more)")

@@ -18,7 +18,9 @@ from .checkpoints import load_pretrained, save_safetensors_atomic
 from .data import load_fashion_mnist, load_mnist, to_tensor
 from .download import DataError, write_atomic
 from .gan import GAN
+from .samplers import generate
 from .shapes import make_shapes
+from .unet import UNet
 from .viz import image_grid
 
 GENERATORS = {}
@@ -65,6 +67,24 @@ def _shipped(name, model_cls):
 
 for _name, _model_cls in [("vae_mnist", VAE), ("dcgan_mnist", GAN), ("dcgan_mnist_collapse", GAN)]:
     GENERATORS[_name] = _shipped(_name, _model_cls)
+
+
+def _shipped_diffusion(name):
+    """A generator that walks a shipped denoiser back from noise; a class-conditional model is asked
+    for the digits 0, 1, …, 9, 0, 1, … in turn (with classifier-free guidance)."""
+    def draw(n, seed, sampler="dpmpp_2m", steps=20, guidance_scale=3.0):
+        model = load_pretrained(name, UNet)
+        labels = None if model.num_classes is None else torch.arange(n) % model.num_classes
+        images = generate(model, n, sampler=sampler, num_inference_steps=steps, labels=labels, seed=seed,
+                          guidance_scale=1.0 if labels is None else guidance_scale)
+        return images, labels
+    draw.__doc__ = f"Samples from the shipped denoiser {name!r} (any sampler, any number of steps)."
+    return draw
+
+
+DIFFUSION_SOURCES = ("ddpm_mnist", "ddpm_mnist_cond")
+for _name in DIFFUSION_SOURCES:
+    GENERATORS[_name] = _shipped_diffusion(_name)
 
 
 def save_samples(images: torch.Tensor, labels, png_path) -> list:

@@ -190,6 +190,10 @@ def invert_ddim(denoiser, x0, sigmas, progress=False):
 
 SAMPLERS = {"ddpm": sample_ddpm, "ddim": sample_ddim, "euler": sample_euler,
             "euler_ancestral": sample_euler_ancestral, "heun": sample_heun, "dpmpp_2m": sample_dpmpp_2m}
+# where each sampler visits the σ's unless told otherwise: DDPM and DDIM on their evenly spaced training
+# steps, as published; the ODE solvers on Karras et al.'s ρ = 7 spacing, as in k-diffusion
+DEFAULT_SPACING = {"ddpm": "uniform_t", "ddim": "uniform_t", "euler": "karras", "euler_ancestral": "karras",
+                   "heun": "karras", "dpmpp_2m": "karras"}
 
 
 def schedule_sigmas(alphas_cumprod: torch.Tensor, num_inference_steps: int, spacing: str = "uniform_t"):
@@ -212,20 +216,22 @@ def starting_noise(n: int, shape: tuple, seed: int = 0) -> torch.Tensor:
 
 @torch.no_grad()
 def generate(model, n: int, *, sampler: str = "ddpm", num_inference_steps: int | None = None,
-             spacing: str = "uniform_t", labels=None, guidance_scale: float = 1.0, seed: int = 0,
+             spacing: str | None = None, labels=None, guidance_scale: float = 1.0, seed: int = 0,
              batch_size: int = 500, progress: bool = True, **sampler_options) -> torch.Tensor:
     """Draw ``n`` images from a trained U-Net: the one entry point used by recipes, chapters and
     ``python -m minidiff sample``. The starting noise of image i depends only on (seed, i), so a
     deterministic sampler gives the same pictures whatever the batch size (a stochastic one draws its
     later noise per batch: same seed and batch size, same pictures). ``num_inference_steps`` defaults to
-    all T training steps (what DDPM needs); ``labels`` (n,) asks a class-conditional model for
-    those classes, with classifier-free guidance when ``guidance_scale`` ≠ 1."""
+    all T training steps (what DDPM needs) and ``spacing`` to the sampler's ``DEFAULT_SPACING``;
+    ``labels`` (n,) asks a class-conditional model for those classes, with classifier-free guidance
+    when ``guidance_scale`` ≠ 1."""
     if sampler not in SAMPLERS:
         raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
     model.eval()
     device = next(model.parameters()).device
     alphas_cumprod = make_schedule(model.schedule, model.num_train_steps)
-    sigmas = schedule_sigmas(alphas_cumprod, num_inference_steps or model.num_train_steps, spacing)
+    sigmas = schedule_sigmas(alphas_cumprod, num_inference_steps or model.num_train_steps,
+                             spacing or DEFAULT_SPACING[sampler])
     noise = starting_noise(n, (model.in_channels, model.image_size, model.image_size), seed)
     stochastic = sampler in ("ddpm", "ddim", "euler_ancestral")
     out = []
