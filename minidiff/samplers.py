@@ -196,14 +196,20 @@ DEFAULT_SPACING = {"ddpm": "uniform_t", "ddim": "uniform_t", "euler": "karras", 
                    "heun": "karras", "dpmpp_2m": "karras"}
 
 
+KARRAS_SIGMA_MAX = 80.0  # Karras et al.'s σ_max for unit-scale data; beyond it x is noise to 1 part in 80
+
+
 def schedule_sigmas(alphas_cumprod: torch.Tensor, num_inference_steps: int, spacing: str = "uniform_t"):
     """The σ's a sampler visits: ``"uniform_t"`` (DDPM/DDIM's evenly spaced training steps) or
-    ``"karras"`` (ρ = 7 between the schedule's smallest and largest σ), ending at 0."""
+    ``"karras"`` (ρ = 7 from the schedule's smallest σ up to at most ``KARRAS_SIGMA_MAX``), ending at 0.
+    The cap matters: the cosine schedule's last σ is about 20,000, and ρ = 7 spacing up to there spends
+    half of 10 steps above σ = 80, where nothing is left to decide (at 10 steps, FID 214 instead of 56
+    for the shipped MNIST model)."""
     if spacing == "uniform_t":
         return sigmas_uniform_t(alphas_cumprod, num_inference_steps)
     if spacing == "karras":
         sigmas = sigmas_from_alphas_cumprod(alphas_cumprod)
-        return sigmas_karras(num_inference_steps, sigmas[0].item(), sigmas[-1].item())
+        return sigmas_karras(num_inference_steps, sigmas[0].item(), min(sigmas[-1].item(), KARRAS_SIGMA_MAX))
     raise ValueError(f"spacing must be 'uniform_t' or 'karras', not {spacing!r}")
 
 
