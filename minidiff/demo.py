@@ -111,6 +111,34 @@ def noising_strip():
         image_grid(torch.cat(rows).clamp(-1, 1), ncols=len(steps))
 
 
+@panel
+def ddpm_samples():
+    """Chapter 05: the shipped denoisers walked back from noise (DPM-Solver++(2M), 20 steps)."""
+    from .checkpoints import read_manifest
+    from .generators import GENERATORS
+    unconditional, _ = GENERATORS["ddpm_mnist"](20, 0)
+    conditional, _ = GENERATORS["ddpm_mnist_cond"](20, 0)
+    manifest = read_manifest()
+    fid = manifest["ddpm_mnist"]["metrics"]["fid_dpmpp_2m_20"]
+    accuracy = manifest["ddpm_mnist_cond"]["metrics"]["accuracy"]
+    return (f"DDPM (ch. 05): unconditional samples, FID {fid:.1f} (top two rows);\n"
+            f"\"draw me a 0 … 9\" with guidance 3, {100 * accuracy:.1f} % read as the digit asked for (bottom two)",
+            image_grid(torch.cat([unconditional, conditional]), ncols=10))
+
+
+@panel
+def sampler_comparison():
+    """Chapter 06: the same starting noise walked back by each sampler, 10 network calls each."""
+    from .checkpoints import load_pretrained
+    from .samplers import SAMPLERS, generate
+    from .unet import UNet
+    model = load_pretrained("ddpm_mnist", UNet)
+    rows = [generate(model, 10, sampler=name, num_inference_steps=5 if name == "heun" else 10, seed=1,
+                     progress=False) for name in SAMPLERS]
+    return (f"Samplers (ch. 06), same noise, ~10 network calls each; rows: {', '.join(SAMPLERS)}",
+            image_grid(torch.cat(rows), ncols=10))
+
+
 def make_demo(path="outputs/demo.png") -> Path:
     """Draw every panel, one above the other, into ``path`` (written atomically)."""
     matplotlib.use("Agg")

@@ -64,3 +64,33 @@ def test_shipped_generative_models_can_be_sampled_and_scored(tmp_path, capsys):
     assert report["n"] == 300 and report["fid"] < 500 and min(report["class_histogram"]) > 0
     images, _ = GENERATORS["dcgan_mnist"](8, 0)
     assert images.shape == (8, 1, 28, 28) and torch.equal(images, GENERATORS["dcgan_mnist"](8, 0)[0])
+
+
+def test_diffusion_models_sample_with_any_sampler(tmp_path):
+    main(["sample", "ddpm_mnist_cond", "-n", "20", "--sampler", "ddim", "--steps", "4",
+          "--out", str(tmp_path / "d.png")])
+    images, labels = load_samples(tmp_path / "d.safetensors")
+    assert images.shape == (20, 1, 28, 28) and torch.equal(labels, torch.arange(20) % 10)
+    with pytest.raises(SystemExit, match="for diffusion models"):
+        main(["sample", "vae_mnist", "--steps", "5", "--out", str(tmp_path / "v.png")])
+    with pytest.raises(SystemExit, match="unknown sampler 'bogus'"):
+        main(["sample", "ddpm_mnist", "--sampler", "bogus", "--out", str(tmp_path / "b.png")])
+    assert not (tmp_path / "v.png").exists() and not (tmp_path / "b.png").exists()
+
+
+def test_only_the_diffusion_recipes_take_a_length():
+    with pytest.raises(SystemExit, match="fixed length"):
+        main(["train", "mnist_classifier", "--steps", "5"])
+
+
+def test_a_diffusion_run_is_the_start_of_every_longer_one():
+    """Nothing in the DDPM recipe's settings depends on the total number of steps (constant learning
+    rate after warm-up), so ``--steps`` can extend a finished run by resuming it."""
+    from dataclasses import asdict
+
+    from minidiff.recipes import ddpm_mnist_config
+    from minidiff.train import lr_at
+    short, long = ddpm_mnist_config(3000, False, None), ddpm_mnist_config(9000, False, None)
+    assert {k: v for k, v in asdict(short).items() if k != "steps"} == \
+        {k: v for k, v in asdict(long).items() if k != "steps"}
+    assert [lr_at(s, short) for s in range(0, 3000, 100)] == [lr_at(s, long) for s in range(0, 3000, 100)]
