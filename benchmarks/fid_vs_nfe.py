@@ -22,14 +22,10 @@ import torch
 
 from minidiff import metrics
 from minidiff.checkpoints import hardware_description, load_pretrained, read_manifest, record_metrics, write_json_atomic
-from minidiff.samplers import DEFAULT_SPACING, SAMPLERS, generate
+from minidiff.samplers import DEFAULT_SPACING, SAMPLERS, generate, steps_for_nfe
 from minidiff.unet import UNet
 
 RESULTS = Path(__file__).parent / "results"
-
-
-def steps_for_nfe(sampler: str, nfe: int) -> int:
-    return (nfe + 1) // 2 if sampler == "heun" else nfe
 
 
 def nfe_of(sampler: str, steps: int) -> int:

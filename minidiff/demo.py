@@ -130,10 +130,10 @@ def ddpm_samples():
 def sampler_comparison():
     """Chapter 06: the same starting noise walked back by each sampler, 10 network calls each."""
     from .checkpoints import load_pretrained
-    from .samplers import SAMPLERS, generate
+    from .samplers import SAMPLERS, generate, steps_for_nfe
     from .unet import UNet
     model = load_pretrained("ddpm_mnist", UNet)
-    rows = [generate(model, 10, sampler=name, num_inference_steps=5 if name == "heun" else 10, seed=1,
+    rows = [generate(model, 10, sampler=name, num_inference_steps=steps_for_nfe(name, 10), seed=1,
                      progress=False) for name in SAMPLERS]
     return (f"Samplers (ch. 06), same noise, ~10 network calls each; rows: {', '.join(SAMPLERS)}",
             image_grid(torch.cat(rows), ncols=10))

@@ -196,6 +196,12 @@ DEFAULT_SPACING = {"ddpm": "uniform_t", "ddim": "uniform_t", "euler": "karras", 
                    "heun": "karras", "dpmpp_2m": "karras"}
 
 
+def steps_for_nfe(sampler: str, nfe: int) -> int:
+    """Steps that cost about ``nfe`` network calls: one per step, except Heun's two (one on its last
+    step), so n Heun steps cost 2n − 1 calls."""
+    return (nfe + 1) // 2 if sampler == "heun" else nfe
+
+
 KARRAS_SIGMA_MAX = 80.0  # Karras et al.'s σ_max for unit-scale data; beyond it x is noise to 1 part in 80
 
 
