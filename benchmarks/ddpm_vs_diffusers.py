@@ -3,6 +3,9 @@
     pip install -c constraints.txt -e '.[bench]'
     python benchmarks/ddpm_vs_diffusers.py --minutes 20 --sampler ddim --steps 100
 
+The table is printed and written (atomically) to ``benchmarks/results/ddpm_vs_diffusers.json`` with
+the hardware and thread count, since a wall-clock budget means little without them.
+
 Both sides get the same MNIST training set, the same wall-clock budget on this machine, a U-Net of
 about the same size, and are sampled the same way, then scored with the course's protocol
 (classifier-FID of 2,000 samples, seed 0, beside the real-vs-real floor). The peer's U-Net is diffusers'
@@ -17,19 +20,22 @@ minidiff's side is its recipe: cosine schedule, v-prediction with min-SNR-5 weig
 learning rate, EMA with warm-up — all through the one trainer.
 """
 import argparse
-import json
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 from minidiff import metrics
+from minidiff.checkpoints import hardware_description, write_json_atomic
 from minidiff.data import mnist_dataset
 from minidiff.diffusion import unet_loss
 from minidiff.recipes import ddpm_mnist_config, ddpm_mnist_model
 from minidiff.samplers import generate, starting_noise
 from minidiff.train import batch_indices, train
 from samplers_vs_diffusers import sample_diffusers
+
+RESULTS = Path(__file__).parent / "results"
 
 
 def steps_for(seconds_per_step: float, minutes: float) -> int:
@@ -115,12 +121,15 @@ def main():
     floor = metrics.real_vs_real_fid()
     print(f"{'':10s} {'train steps':>11s} {'train s':>8s} {'FID':>8s} {'FID/floor':>9s}   "
           f"({args.sampler}, {args.steps} steps, {args.samples} samples; real-vs-real {floor:.2f})")
-    report = {}
+    report = dict(minutes=args.minutes, sampler=args.sampler, sampling_steps=args.steps, samples=args.samples,
+                  seed=metrics.PROTOCOL_SEED, real_vs_real_fid=floor, hardware=hardware_description(),
+                  threads=torch.get_num_threads(), rows={})
     for name, (steps, seconds, images) in rows.items():
         fid = metrics.classifier_fid(images)
-        report[name] = dict(train_steps=steps, train_seconds=round(seconds), fid=fid)
+        report["rows"][name] = dict(train_steps=steps, train_seconds=round(seconds), fid=fid)
         print(f"{name:10s} {steps:11d} {seconds:8.0f} {fid:8.2f} {fid / floor:9.2f}")
-    print(json.dumps(report))
+    print(f"minidiff's FID is {report['rows']['minidiff']['fid'] / report['rows']['diffusers']['fid']:.2f}× the peer's")
+    write_json_atomic(report, RESULTS / "ddpm_vs_diffusers.json")
 
 
 if __name__ == "__main__":
