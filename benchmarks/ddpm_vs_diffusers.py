@@ -1,7 +1,7 @@
 """Quality per CPU-minute: minidiff's MNIST DDPM recipe against the peer a user would otherwise pick.
 
     pip install -c constraints.txt -e '.[bench]'
-    python benchmarks/ddpm_vs_diffusers.py --minutes 20 --sampler ddim --steps 100
+    python benchmarks/ddpm_vs_diffusers.py --minutes 20 --sampler ddim --steps 50   # the committed run
 
 The table is printed and written (atomically) to ``benchmarks/results/ddpm_vs_diffusers.json`` with
 the hardware and thread count, since a wall-clock budget means little without them.
