@@ -23,6 +23,7 @@ from minidiff import metrics
 from minidiff.checkpoints import load_pretrained, read_manifest, write_json_atomic
 from minidiff.samplers import starting_noise
 from minidiff.schedules import betas_from_alphas_cumprod, make_schedule
+from minidiff.train import pick_device
 from minidiff.unet import UNet
 
 RESULTS = Path(__file__).parent / "results"
@@ -44,14 +45,15 @@ def diffusers_scheduler(kind: str, model, timestep_spacing: str | None):
 @torch.no_grad()
 def sample_diffusers(scheduler, model, noise, steps, batch_size=500):
     """diffusers' sampling loop: x_T = noise · init_noise_sigma, then one ``scheduler.step`` per timestep."""
+    device = next(model.parameters()).device
     out = []
     for start in range(0, len(noise), batch_size):
-        scheduler.set_timesteps(steps)  # also resets a multistep solver's memory
-        x = noise[start:start + batch_size] * scheduler.init_noise_sigma
+        scheduler.set_timesteps(steps, device=device)  # also resets a multistep solver's memory
+        x = noise[start:start + batch_size].to(device) * scheduler.init_noise_sigma
         for t in scheduler.timesteps:
             prediction = model(scheduler.scale_model_input(x, t), t.expand(len(x)))
             x = scheduler.step(prediction, t, x).prev_sample
-        out.append(x.clamp(-1, 1))
+        out.append(x.clamp(-1, 1).cpu())
     return torch.cat(out)
 
 
@@ -61,9 +63,10 @@ def main():
     parser.add_argument("--nfe", nargs="+", type=int, default=[5, 10, 20, 50, 100])
     parser.add_argument("--spacings", nargs="+", default=["default", "trailing"])
     parser.add_argument("--samples", type=int, default=metrics.PROTOCOL_SAMPLES)
+    parser.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, mps")
     args = parser.parse_args()
 
-    model = load_pretrained(args.model, UNet)
+    model = load_pretrained(args.model, UNet, device=pick_device(args.device))
     if model.num_classes is not None:
         raise SystemExit("this comparison is for unconditional models (e.g. ddpm_mnist)")
     noise = starting_noise(args.samples, (model.in_channels, model.image_size, model.image_size),

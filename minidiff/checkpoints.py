@@ -219,11 +219,13 @@ def rng_state(device=None) -> tuple[dict, dict]:
 
 
 def set_rng_state(tensors: dict, state: dict, device=None) -> None:
-    """Inverse of ``rng_state``."""
+    """Inverse of ``rng_state``. An accelerator's generator is restored only when resuming on that kind
+    of device: a run checkpointed on a GPU resumes on a CPU (inexactly: its GPU draws are gone)."""
     torch.set_rng_state(tensors["torch"])
-    if "cuda" in tensors:
+    kind = None if device is None else torch.device(device).type
+    if "cuda" in tensors and kind == "cuda":
         torch.cuda.set_rng_state(tensors["cuda"], device)
-    if "mps" in tensors:
+    if "mps" in tensors and kind == "mps":
         torch.mps.set_rng_state(tensors["mps"])
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))

@@ -165,5 +165,18 @@ def test_optimizer_and_rng_state_round_trip():
     assert np.random.rand() == expected[2]
 
 
+def test_rng_state_from_a_gpu_run_resumes_on_cpu(monkeypatch):
+    """A checkpoint written on a GPU carries the CUDA generator too; resuming on a CPU restores the
+    CPU generator and leaves CUDA alone (on a machine with a GPU it would initialise CUDA for nothing)."""
+    def no_cuda(*args):
+        raise AssertionError("resuming on the CPU touched the CUDA generator")
+    monkeypatch.setattr(torch.cuda, "set_rng_state", no_cuda)
+    rng_tensors, rng = checkpoints.rng_state()
+    expected = torch.rand(3)
+    gpu_tensors = rng_tensors | {"cuda": torch.zeros(16, dtype=torch.uint8)}  # as saved on a GPU
+    checkpoints.set_rng_state(gpu_tensors, json.loads(json.dumps(rng)), "cpu")
+    assert torch.equal(torch.rand(3), expected)
+
+
 def test_hardware_description():
     assert f"torch {torch.__version__}" in hardware_description()

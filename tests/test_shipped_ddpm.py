@@ -9,12 +9,13 @@ from minidiff.samplers import generate
 from minidiff.unet import UNet
 
 QUALITY_SAMPLES = 500
-# Regression guards for the shipped 3,000-step models, as measured (not yet the target of
-# 2× real-vs-real for 1,000-step sampling: the models need a longer run, see `--steps`):
-# 500 samples × 10 DPM-Solver++ steps scored 56.4 (6.1× the 500-sample floor of 9.3);
-# 2,000 samples × 20 steps scored 53.3 (18× the 2,000-sample floor of 2.92).
-UNCONDITIONAL_FID_BOUND = 8.0
-MANIFEST_FID_BOUND = 20.0
+# Regression guards for the shipped models, as measured. ddpm_mnist (15,000 steps): 500 samples × 10
+# DPM-Solver++ steps score 23.9 (2.57× the 500-sample floor of 9.3); the manifest's 2,000 samples ×
+# 20 steps 15.8 (5.4× the 2,000-sample floor of 2.92) and 1,000-step ancestral sampling 7.53 (2.58×,
+# short of the course's 2× target: the model needs a longer run, see `--steps`).
+UNCONDITIONAL_FID_BOUND = 3.0
+MANIFEST_FID_BOUND = 6.0
+MANIFEST_ANCESTRAL_FID_BOUND = 2.75
 
 
 @pytest.fixture(scope="module")
@@ -48,4 +49,5 @@ def test_manifest_records_the_protocol_figures():
     manifest = read_manifest()
     unconditional, conditional = manifest["ddpm_mnist"]["metrics"], manifest["ddpm_mnist_cond"]["metrics"]
     assert unconditional["fid_dpmpp_2m_20"] < MANIFEST_FID_BOUND * unconditional["real_vs_real_fid"]
+    assert unconditional["fid_ddpm_1000"] < MANIFEST_ANCESTRAL_FID_BOUND * unconditional["real_vs_real_fid"]
     assert min(conditional["per_class_accuracy"]) >= 0.97 and conditional["guidance_scale"] == 3.0
