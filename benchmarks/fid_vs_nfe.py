@@ -23,15 +23,11 @@ import torch
 
 from minidiff import metrics
 from minidiff.checkpoints import hardware_description, load_pretrained, read_manifest, record_metrics, write_json_atomic
-from minidiff.samplers import DEFAULT_SPACING, SAMPLERS, generate, steps_for_nfe
+from minidiff.samplers import SAMPLERS, default_spacing, generate, nfe_for_steps, steps_for_nfe
 from minidiff.train import pick_device
 from minidiff.unet import UNet
 
 RESULTS = Path(__file__).parent / "results"
-
-
-def nfe_of(sampler: str, steps: int) -> int:
-    return 2 * steps - 1 if sampler == "heun" else steps
 
 
 def measure(model, sampler, steps, spacing, samples, labels, guidance_scale):
@@ -41,7 +37,7 @@ def measure(model, sampler, steps, spacing, samples, labels, guidance_scale):
                       seed=metrics.PROTOCOL_SEED)
     seconds = time.perf_counter() - started
     report = metrics.evaluate_samples(images, None if labels is None else labels[:samples])
-    row = dict(sampler=sampler, spacing=spacing, steps=steps, nfe=nfe_of(sampler, steps), samples=samples,
+    row = dict(sampler=sampler, spacing=spacing, steps=steps, nfe=nfe_for_steps(sampler, steps), samples=samples,
                fid=report["fid"], seconds=round(seconds, 1), images_per_s=round(samples / seconds, 2))
     if labels is not None:
         row.update(accuracy=report["accuracy"], guidance_scale=guidance_scale)
@@ -75,7 +71,7 @@ def main():
     if args.reference:
         plan.append(("ddpm", args.reference))
     for sampler, steps in plan:
-        spacing = args.spacing or DEFAULT_SPACING[sampler]
+        spacing = args.spacing or default_spacing(sampler, steps)
         done = [r for r in results["rows"] if (r["sampler"], r["spacing"], r["steps"], r["samples"]) ==
                 (sampler, spacing, steps, args.samples)]
         row = done[0] if done else measure(model, sampler, steps, spacing, args.samples, labels, args.guidance)

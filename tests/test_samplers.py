@@ -125,6 +125,32 @@ def test_karras_sigmas_end_points():
     assert sigmas[-1] == 0 and (sigmas[1:] < sigmas[:-1]).all()
 
 
+def test_uniform_t_sigmas_visit_trailing_steps():
+    alphas_cumprod = schedules.cosine_schedule(1000)
+    every = schedules.sigmas_from_alphas_cumprod(alphas_cumprod)
+    assert torch.equal(samplers.sigmas_uniform_t(alphas_cumprod, 5)[:-1], every[[999, 799, 599, 399, 199]])
+    all_steps = samplers.sigmas_uniform_t(alphas_cumprod, 1000)
+    assert torch.equal(all_steps[:-1], every.flip(0)) and all_steps[-1] == 0
+
+
+@pytest.mark.parametrize("name", list(samplers.SAMPLERS))
+def test_nfe_counts_the_network_calls(name):
+    """``nfe_for_steps`` is what a sampler really costs, and ``steps_for_nfe`` inverts it."""
+    calls = []
+    exact = gaussian_denoiser()
+
+    def counting(x, sigma):
+        calls.append(sigma)
+        return exact(x, sigma)
+    stochastic = name in ("ddpm", "ddim", "euler_ancestral")
+    for steps in (1, 4, 7):
+        calls.clear()
+        options = {"generator": torch.Generator().manual_seed(0)} if stochastic else {}
+        samplers.SAMPLERS[name](counting, start(4, 2, 80.0), samplers.sigmas_karras(steps, 0.002, 80.0), **options)
+        assert len(calls) == samplers.nfe_for_steps(name, steps)
+        assert samplers.steps_for_nfe(name, samplers.nfe_for_steps(name, steps)) == steps
+
+
 class ExactModel(torch.nn.Module):
     """A "network" that knows x_0 and answers in any prediction type at a fractional step t."""
 

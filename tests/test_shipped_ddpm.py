@@ -1,5 +1,8 @@
 """The shipped denoisers, re-measured: fewer samples and steps than the protocol (whose 1,000-step
 figures are in the manifest, from ``benchmarks/fid_vs_nfe.py``), so CI stays fast."""
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -51,3 +54,10 @@ def test_manifest_records_the_protocol_figures():
     assert unconditional["fid_dpmpp_2m_20"] < MANIFEST_FID_BOUND * unconditional["real_vs_real_fid"]
     assert unconditional["fid_ddpm_1000"] < MANIFEST_ANCESTRAL_FID_BOUND * unconditional["real_vs_real_fid"]
     assert min(conditional["per_class_accuracy"]) >= 0.97 and conditional["guidance_scale"] == 3.0
+
+
+@pytest.mark.parametrize("results", ["fid_vs_nfe_ddpm_mnist.json", "samplers_vs_diffusers_ddpm_mnist.json"])
+def test_committed_benchmark_results_describe_the_shipped_weights(results):
+    """Re-shipping ddpm_mnist makes the committed FID-vs-NFE tables stale: re-run the benchmarks."""
+    path = Path(__file__).parent.parent / "benchmarks" / "results" / results
+    assert json.loads(path.read_text())["sha256"] == read_manifest()["ddpm_mnist"]["sha256"]
