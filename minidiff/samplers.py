@@ -193,6 +193,7 @@ def invert_ddim(denoiser, x0, sigmas, progress=False):
 
 SAMPLERS = {"ddpm": sample_ddpm, "ddim": sample_ddim, "euler": sample_euler,
             "euler_ancestral": sample_euler_ancestral, "heun": sample_heun, "dpmpp_2m": sample_dpmpp_2m}
+STOCHASTIC = ("ddpm", "ddim", "euler_ancestral")  # draw fresh noise (DDIM when η > 0): take a ``generator``
 
 KARRAS_MIN_STEPS = 8
 
@@ -262,7 +263,6 @@ def generate(model, n: int, *, sampler: str = "ddpm", num_inference_steps: int |
     steps = num_inference_steps or model.num_train_steps
     sigmas = schedule_sigmas(alphas_cumprod, steps, spacing or default_spacing(sampler, steps))
     noise = starting_noise(n, (model.in_channels, model.image_size, model.image_size), seed)
-    stochastic = sampler in ("ddpm", "ddim", "euler_ancestral")
     out = []
     for start in tqdm(range(0, n, batch_size), desc=f"{sampler} × {len(sigmas) - 1}", disable=not progress):
         x = noise[start:start + batch_size].to(device) * sigmas[0].item()
@@ -270,7 +270,7 @@ def generate(model, n: int, *, sampler: str = "ddpm", num_inference_steps: int |
         denoiser = model_denoiser(model, alphas_cumprod, model.prediction_type, batch_labels, guidance_scale,
                                   null_label=model.num_classes)
         options = dict(sampler_options)
-        if stochastic:
+        if sampler in STOCHASTIC:
             options["generator"] = torch.Generator(device).manual_seed(seed * 1_000_003 + start + 1)
         out.append(SAMPLERS[sampler](denoiser, x, sigmas, **options).cpu())
     return torch.cat(out).clamp(-1, 1)

@@ -142,10 +142,9 @@ def test_nfe_counts_the_network_calls(name):
     def counting(x, sigma):
         calls.append(sigma)
         return exact(x, sigma)
-    stochastic = name in ("ddpm", "ddim", "euler_ancestral")
     for steps in (1, 4, 7):
         calls.clear()
-        options = {"generator": torch.Generator().manual_seed(0)} if stochastic else {}
+        options = {"generator": torch.Generator().manual_seed(0)} if name in samplers.STOCHASTIC else {}
         samplers.SAMPLERS[name](counting, start(4, 2, 80.0), samplers.sigmas_karras(steps, 0.002, 80.0), **options)
         assert len(calls) == samplers.nfe_for_steps(name, steps)
         assert samplers.steps_for_nfe(name, samplers.nfe_for_steps(name, steps)) == steps
