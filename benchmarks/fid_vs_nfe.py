@@ -58,14 +58,15 @@ def main():
     args = parser.parse_args()
 
     torch.manual_seed(0)
-    model = load_pretrained(args.model, UNet, device=pick_device(args.device))
+    device = pick_device(args.device)
+    model = load_pretrained(args.model, UNet, device=device)
     labels = None if model.num_classes is None else torch.arange(args.samples) % model.num_classes
     out = args.out or RESULTS / f"fid_vs_nfe_{args.model}.json"
     sha256 = read_manifest()[args.model]["sha256"]
     results = json.loads(out.read_text()) if out.exists() else None
     if results is None or results["sha256"] != sha256:  # rows measured on other weights do not count
         results = {"model": args.model, "sha256": sha256, "seed": metrics.PROTOCOL_SEED,
-                   "real_vs_real_fid": metrics.real_vs_real_fid(), "hardware": hardware_description(),
+                   "real_vs_real_fid": metrics.real_vs_real_fid(), "hardware": hardware_description(device),
                    "threads": torch.get_num_threads(), "rows": []}
     plan = [(s, steps_for_nfe(s, n)) for s in args.samplers for n in args.nfe]
     if args.reference:

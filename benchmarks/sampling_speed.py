@@ -51,7 +51,7 @@ def main():
     t = torch.full((args.batch,), model.num_train_steps // 2, device=device)
     with torch.no_grad():
         per_call = timed(lambda: model(x, t), args.repeat)
-    results = {"model": args.model, "batch": args.batch, "hardware": hardware_description(),
+    results = {"model": args.model, "batch": args.batch, "hardware": hardware_description(device),
                "device": device.type, "threads": torch.get_num_threads(),
                "network_calls_per_s": round(args.batch / per_call, 1), "rows": []}
     print(f"{results['hardware']}, {results['threads']} threads, batch {args.batch}: "

@@ -73,16 +73,46 @@ def model_config(model) -> dict:
     return json.loads(json.dumps(config))
 
 
-def hardware_description() -> str:
-    """What this machine trains on, for the manifest, e.g. '2-core CPU (x86_64), torch 2.13.0'."""
-    if torch.cuda.is_available():
-        n = torch.cuda.device_count()
-        device = f"{n}x {torch.cuda.get_device_name(0)}" if n > 1 else torch.cuda.get_device_name(0)
-    elif torch.backends.mps.is_available():
-        device = f"Apple MPS ({platform.machine()})"
+def hardware_description(device: torch.device | str | None = None, world: int = 1) -> str:
+    """What ``device`` is (default: the fastest device here, all its GPUs), for the manifest and the
+    benchmark results, e.g. '2-core CPU (x86_64), torch 2.13.0+cpu'. ``world``: how many such devices
+    a distributed run used."""
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+        world = torch.cuda.device_count() if device == "cuda" else 1
+    device = torch.device(device)
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    elif device.type == "mps":
+        name = f"Apple MPS ({platform.machine()})"
     else:
-        device = f"{os.cpu_count()}-core CPU ({platform.machine()})"
-    return f"{device}, torch {torch.__version__}"
+        name = f"{os.cpu_count()}-core CPU ({platform.machine()})"
+    return f"{f'{world}x ' if world > 1 else ''}{name}, torch {torch.__version__}"
+
+
+def log_segment(segments: list[dict], first: int, last: int, hardware: str, seconds: float) -> list[dict]:
+    """``segments`` with a stretch of training (steps first..last on ``hardware``) appended, if it has steps."""
+    if last < first:
+        return segments
+    return segments + [{"steps": [first, last], "hardware": hardware, "wall_time_s": round(seconds, 1)}]
+
+
+def describe_segments(segments: list[dict]) -> str:
+    """The manifest's ``hardware`` line from a run's log of where it trained (``TrainResult.segments``:
+    one ``{"steps": [first, last], "hardware", "wall_time_s"}`` per stretch between resumes). A run on
+    one machine is that machine; a run resumed elsewhere lists each machine with its steps and time."""
+    merged = []
+    for segment in segments:
+        if merged and merged[-1]["hardware"] == segment["hardware"]:
+            last = merged[-1]
+            merged[-1] = {"steps": [last["steps"][0], segment["steps"][1]], "hardware": segment["hardware"],
+                          "wall_time_s": last["wall_time_s"] + segment["wall_time_s"]}
+        else:
+            merged.append(segment)
+    if len(merged) == 1:
+        return merged[0]["hardware"]
+    return "; ".join(f"{s['hardware']}: steps {s['steps'][0]:,}–{s['steps'][1]:,} ({s['wall_time_s']:,.0f} s)"
+                     for s in merged)
 
 
 def save_weights(model, name: str, *, directory=None, recipe: str, data: str, steps: int,

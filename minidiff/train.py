@@ -15,7 +15,8 @@ order, and updates only that part's parameters (alternating updates, as in DCGAN
 The loop does AdamW with linear warm-up and cosine decay, gradient clipping, an exponential moving
 average (EMA) of the weights, bfloat16 autocast on CUDA, periodic callbacks, and checkpoints that
 resume *exactly*: batches are a pure function of (seed, step) and every RNG state is saved, so on
-CPU N steps straight and N/2 + resume + N/2 give bit-identical weights.
+CPU N steps straight and N/2 + resume + N/2 give bit-identical weights. A checkpoint also logs which
+hardware trained which steps, so a run begun on a laptop and finished on a GPU says so in the manifest.
 
 Multi-GPU: run the same script under ``torchrun --nproc_per_node W``. Each rank takes its slice of
 every global batch and gradients are averaged across ranks with one all-reduce per part and step,
@@ -42,8 +43,8 @@ import torch.distributed as dist
 from torch.utils.data import Dataset, TensorDataset, default_collate
 from tqdm.auto import tqdm
 
-from minidiff.checkpoints import (load_checkpoint, load_optimizer_state, optimizer_state, rng_state,
-                                  save_checkpoint, set_rng_state)
+from minidiff.checkpoints import (hardware_description, load_checkpoint, load_optimizer_state, log_segment,
+                                  optimizer_state, rng_state, save_checkpoint, set_rng_state)
 
 
 @dataclass
@@ -82,6 +83,7 @@ class TrainResult:
     history: list = field(default_factory=list)  # one dict per logged step
     wall_time_s: float = 0.0                     # including time before a resume
     steps: int = 0
+    segments: list = field(default_factory=list)  # where the steps ran: see describe_segments
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -220,7 +222,7 @@ def _rng_tensors(device, world: int) -> tuple[dict, dict]:
     return {f"rng.{r}.{k}": v for k, t in tensors.items() for r, v in enumerate(_gather(t, device))}, state
 
 
-def _save(config, step, model, ema, optimizers, history, wall_time_s, device, rank, world):
+def _save(config, step, model, ema, optimizers, history, wall_time_s, segments, device, rank, world):
     tensors, rng = _rng_tensors(device, world)  # a collective: every rank takes part
     if rank != 0:
         return
@@ -233,7 +235,7 @@ def _save(config, step, model, ema, optimizers, history, wall_time_s, device, ra
         tensors.update(optimizer_tensors)
     # the schedule needs no state of its own: the learning rate is lr_at(step)
     state = {"config": dataclasses.asdict(config), "optimizers": saved_optimizers, "rng": rng,
-             "history": history, "wall_time_s": wall_time_s}
+             "history": history, "wall_time_s": wall_time_s, "segments": segments}
     save_checkpoint(config.out_dir, step, tensors, state)
 
 
@@ -251,7 +253,7 @@ def _check_same_recipe(saved: dict, config: TrainConfig) -> None:
                          f"Delete that folder to start afresh, or resume with the settings it was made with.")
 
 
-def _restore(checkpoint, model, ema, optimizers, device, rank) -> tuple[int, list, float]:
+def _restore(checkpoint, model, ema, optimizers, device, rank) -> tuple[int, list, float, list]:
     tensors, state = checkpoint
 
     def prefixed(prefix):
@@ -264,7 +266,8 @@ def _restore(checkpoint, model, ema, optimizers, device, rank) -> tuple[int, lis
         load_optimizer_state(optimizer, tensors, state["optimizers"][name], f"optimizer.{name}")
     rng = prefixed(f"rng.{rank}.") or prefixed("rng.0.")  # a different world size resumes inexactly
     set_rng_state(rng, state["rng"], device)
-    return state["step"], state["history"], state["wall_time_s"]
+    unrecorded = [{"steps": [1, state["step"]], "hardware": "not recorded", "wall_time_s": state["wall_time_s"]}]
+    return state["step"], state["history"], state["wall_time_s"], state.get("segments", unrecorded)
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -338,15 +341,16 @@ def train(model, loss_fn, data: Dataset | torch.Tensor, config: TrainConfig | No
     optimizers = {name: _make_optimizer(module, _per_part(config.lr, name), _per_part(config.betas, name),
                                         config.weight_decay) for name, module in modules.items()}
 
-    start, history, previous_time = 0, [], 0.0
+    start, history, previous_time, segments = 0, [], 0.0, []
     checkpoint = load_checkpoint(config.out_dir) if resume and config.out_dir else None
     if checkpoint is not None:
         _check_same_recipe(checkpoint[1]["config"], config)
-        start, history, previous_time = _restore(checkpoint, model, ema, optimizers, device, rank)
+        start, history, previous_time, segments = _restore(checkpoint, model, ema, optimizers, device, rank)
 
     n = len(data)
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and config.bf16
-                else contextlib.nullcontext())
+    bf16 = device.type == "cuda" and config.bf16
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    hardware = f"{hardware_description(device, world)}, {'bf16 autocast' if bf16 else 'fp32'}"
     bar = tqdm(total=config.steps, initial=start, disable=not config.progress or rank != 0, dynamic_ncols=True)
     sums, window_steps, window_start, run_start = {}, 0, time.perf_counter(), time.perf_counter()
 
@@ -389,7 +393,9 @@ def train(model, loss_fn, data: Dataset | torch.Tensor, config: TrainConfig | No
         wall_time_s = previous_time + time.perf_counter() - run_start
         periodic = config.checkpoint_every and done % config.checkpoint_every == 0
         if config.out_dir and (periodic or done == config.steps):
-            _save(config, done, model, ema, optimizers, history, wall_time_s, device, rank, world)
+            _save(config, done, model, ema, optimizers, history, wall_time_s,
+                  log_segment(segments, start + 1, done, hardware, wall_time_s - previous_time),
+                  device, rank, world)
         if rank == 0:
             for every, fn in callbacks:
                 if done % every == 0:
@@ -399,5 +405,6 @@ def train(model, loss_fn, data: Dataset | torch.Tensor, config: TrainConfig | No
     bar.close()
     if world > 1:
         dist.barrier()  # no rank leaves before rank 0 has written its checkpoint
-    return TrainResult(model, ema, history, previous_time + time.perf_counter() - run_start,
-                       max(start, config.steps))
+    seconds = time.perf_counter() - run_start
+    return TrainResult(model, ema, history, previous_time + seconds, max(start, config.steps),
+                       log_segment(segments, start + 1, config.steps, hardware, seconds))

@@ -10,8 +10,9 @@ from safetensors.torch import load_file
 from torch import nn
 
 from minidiff import checkpoints
-from minidiff.checkpoints import (hardware_description, load_pretrained, read_manifest, record_metrics,
-                                  save_safetensors_atomic, save_weights, write_json_atomic)
+from minidiff.checkpoints import (describe_segments, hardware_description, load_pretrained, log_segment,
+                                  read_manifest, record_metrics, save_safetensors_atomic, save_weights,
+                                  write_json_atomic)
 from minidiff.download import DataError
 
 
@@ -180,3 +181,17 @@ def test_rng_state_from_a_gpu_run_resumes_on_cpu(monkeypatch):
 
 def test_hardware_description():
     assert f"torch {torch.__version__}" in hardware_description()
+    assert hardware_description("cpu").startswith(f"{os.cpu_count()}-core CPU")
+    assert hardware_description("cpu", world=4).startswith("4x ")
+
+
+def test_describe_segments_names_each_machine_with_its_steps():
+    log = log_segment([], 1, 8000, "laptop", 7000.04)
+    assert log_segment(log, 8001, 8000, "laptop", 3.0) == log  # a resume that trains nothing adds nothing
+    assert describe_segments(log_segment(log, 8001, 9000, "laptop", 900)) == "laptop"
+    log = log_segment(log_segment(log, 8001, 15000, "GPU", 269), 15001, 15500, "laptop", 500)
+    assert log[0] == {"steps": [1, 8000], "hardware": "laptop", "wall_time_s": 7000.0}
+    assert describe_segments(log) == ("laptop: steps 1–8,000 (7,000 s); GPU: steps 8,001–15,000 (269 s); "
+                                      "laptop: steps 15,001–15,500 (500 s)")
+    merged = log_segment(log_segment(log[:2], 15001, 16000, "GPU", 31), 16001, 17000, "GPU", 30)
+    assert describe_segments(merged) == "laptop: steps 1–8,000 (7,000 s); GPU: steps 8,001–17,000 (330 s)"

@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from minidiff import checkpoints
+from minidiff.checkpoints import describe_segments
 from minidiff.train import TrainConfig, batch_indices, ema_decay_at, ema_update, lr_at, train
 
 
@@ -88,6 +89,19 @@ def test_resume_is_bit_identical(tmp_path):
     assert [h["step"] for h in resumed.history] == [5, 10, 15, 20]
     assert resumed.history == [{**h, "images_per_s": r["images_per_s"]}
                                for h, r in zip(straight.history, resumed.history)]
+    assert [seg["steps"] for seg in resumed.segments] == [[1, 10], [11, 20]]  # where the steps ran
+    assert straight.segments[0]["hardware"] == resumed.segments[1]["hardware"] == describe_segments(resumed.segments)
+    assert "CPU" in resumed.segments[0]["hardware"] and resumed.segments[0]["hardware"].endswith("fp32")
+
+
+def test_a_checkpoint_from_before_the_hardware_log_resumes_with_its_steps_marked_unknown(tmp_path):
+    train(tiny_model(), noisy_loss, tiny_data(), config(steps=4, out_dir=str(tmp_path)))
+    state = json.loads((tmp_path / "checkpoint.json").read_text())
+    del state["segments"]
+    (tmp_path / "checkpoint.json").write_text(json.dumps(state))
+    resumed = train(tiny_model(), noisy_loss, tiny_data(), config(steps=6, out_dir=str(tmp_path)), resume=True)
+    assert [(seg["steps"], seg["hardware"]) for seg in resumed.segments][0] == ([1, 4], "not recorded")
+    assert resumed.segments[1]["steps"] == [5, 6]
 
 
 def test_resume_refuses_a_changed_recipe(tmp_path):
