@@ -4,6 +4,7 @@ network evaluations (NFE), with the course's protocol (2,000 samples, seed 0, vs
     python benchmarks/fid_vs_nfe.py                       # every sampler × NFE 5…100, plus DDPM × 1000
     python benchmarks/fid_vs_nfe.py --samplers dpmpp_2m --nfe 10 --samples 500
     python benchmarks/fid_vs_nfe.py --device cuda        # minutes instead of hours (same starting noise)
+    python benchmarks/fid_vs_nfe.py --seeds 1 2 3 --samplers ddpm --nfe 100   # how far the seed moves it
 
 Each finished row is written at once to ``benchmarks/results/fid_vs_nfe_<model>.json`` (atomically), and
 a re-run skips the rows already there (measured on the same weights: the file records their sha256), so a
@@ -30,15 +31,15 @@ from minidiff.unet import UNet
 RESULTS = Path(__file__).parent / "results"
 
 
-def measure(model, sampler, steps, spacing, samples, labels, guidance_scale):
+def measure(model, sampler, steps, spacing, samples, labels, guidance_scale, seed):
     started = time.perf_counter()
     images = generate(model, samples, sampler=sampler, num_inference_steps=steps, spacing=spacing,
                       labels=None if labels is None else labels[:samples], guidance_scale=guidance_scale,
-                      seed=metrics.PROTOCOL_SEED)
+                      seed=seed)
     seconds = time.perf_counter() - started
     report = metrics.evaluate_samples(images, None if labels is None else labels[:samples])
     row = dict(sampler=sampler, spacing=spacing, steps=steps, nfe=nfe_for_steps(sampler, steps), samples=samples,
-               fid=report["fid"], seconds=round(seconds, 1), images_per_s=round(samples / seconds, 2))
+               seed=seed, fid=report["fid"], seconds=round(seconds, 1), images_per_s=round(samples / seconds, 2))
     if labels is not None:
         row.update(accuracy=report["accuracy"], guidance_scale=guidance_scale)
     return row
@@ -52,6 +53,8 @@ def main():
     parser.add_argument("--reference", type=int, default=1000, help="NFE of the DDPM reference row (0: none)")
     parser.add_argument("--spacing", choices=["uniform_t", "karras"], help="one spacing for all samplers")
     parser.add_argument("--samples", type=int, default=metrics.PROTOCOL_SAMPLES)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[metrics.PROTOCOL_SEED],
+                        help="seeds of the starting (and ancestral) noise; the protocol's is 0, others show the spread")
     parser.add_argument("--guidance", type=float, default=3.0, help="class-conditional models only")
     parser.add_argument("--out", type=Path, help="results file (default benchmarks/results/fid_vs_nfe_<model>.json)")
     parser.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, mps")
@@ -71,18 +74,19 @@ def main():
     plan = [(s, steps_for_nfe(s, n)) for s in args.samplers for n in args.nfe]
     if args.reference:
         plan.append(("ddpm", args.reference))
-    for sampler, steps in plan:
+    for seed, (sampler, steps) in ((seed, step) for seed in args.seeds for step in plan):
         spacing = args.spacing or default_spacing(sampler, steps)
-        done = [r for r in results["rows"] if (r["sampler"], r["spacing"], r["steps"], r["samples"]) ==
-                (sampler, spacing, steps, args.samples)]
-        row = done[0] if done else measure(model, sampler, steps, spacing, args.samples, labels, args.guidance)
+        done = [r for r in results["rows"] if (r["sampler"], r["spacing"], r["steps"], r["samples"], r["seed"]) ==
+                (sampler, spacing, steps, args.samples, seed)]
+        row = done[0] if done else measure(model, sampler, steps, spacing, args.samples, labels, args.guidance, seed)
         if not done:
             results["rows"].append(row)
             write_json_atomic(results, out)
         accuracy = f"  accuracy {row['accuracy']:.3f}" if "accuracy" in row else ""
-        print(f"{sampler:16s} {spacing:9s} NFE {row['nfe']:5d}  FID {row['fid']:8.2f}  "
+        print(f"seed {seed}  {sampler:16s} {spacing:9s} NFE {row['nfe']:5d}  FID {row['fid']:8.2f}  "
               f"{row['images_per_s']:8.1f} images/s{accuracy}")
-        if (sampler, steps) == ("ddpm", 1000) and args.samples == metrics.PROTOCOL_SAMPLES and not args.out:
+        if ((sampler, steps, seed) == ("ddpm", 1000, metrics.PROTOCOL_SEED) and args.samples == metrics.PROTOCOL_SAMPLES
+                and not args.out):
             record_metrics(args.model, {"fid_ddpm_1000": row["fid"]} |
                            ({"accuracy_ddpm_1000": row["accuracy"]} if "accuracy" in row else {}))
 

@@ -63,31 +63,31 @@ def main():
     parser.add_argument("--nfe", nargs="+", type=int, default=[5, 10, 20, 50, 100])
     parser.add_argument("--spacings", nargs="+", default=["default", "trailing"])
     parser.add_argument("--samples", type=int, default=metrics.PROTOCOL_SAMPLES)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[metrics.PROTOCOL_SEED],
+                        help="seeds of the starting noise (minidiff's rows: fid_vs_nfe.py --seeds)")
     parser.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, mps")
     args = parser.parse_args()
 
     model = load_pretrained(args.model, UNet, device=pick_device(args.device))
     if model.num_classes is not None:
         raise SystemExit("this comparison is for unconditional models (e.g. ddpm_mnist)")
-    noise = starting_noise(args.samples, (model.in_channels, model.image_size, model.image_size),
-                           metrics.PROTOCOL_SEED)
     out = RESULTS / f"samplers_vs_diffusers_{args.model}.json"
     sha256 = read_manifest()[args.model]["sha256"]
     results = json.loads(out.read_text()) if out.exists() else None
     if results is None or results["sha256"] != sha256:  # rows measured on other weights do not count
         results = {"model": args.model, "sha256": sha256, "rows": []}
-    for kind in OURS:
-        for spacing in args.spacings:
-            for nfe in args.nfe:
-                key = dict(scheduler=kind, timestep_spacing=spacing, nfe=nfe, samples=args.samples)
-                if any(all(r[k] == v for k, v in key.items()) for r in results["rows"]):
-                    continue
-                scheduler = diffusers_scheduler(kind, model, None if spacing == "default" else spacing)
-                started = time.perf_counter()
-                images = sample_diffusers(scheduler, model, noise, nfe)
-                results["rows"].append({**key, "fid": metrics.classifier_fid(images),
-                                        "seconds": round(time.perf_counter() - started, 1)})
-                write_json_atomic(results, out)
+    for seed in args.seeds:
+        noise = starting_noise(args.samples, (model.in_channels, model.image_size, model.image_size), seed)
+        for kind, spacing, nfe in ((k, s, n) for k in OURS for s in args.spacings for n in args.nfe):
+            key = dict(scheduler=kind, timestep_spacing=spacing, nfe=nfe, samples=args.samples, seed=seed)
+            if any(all(r[k] == v for k, v in key.items()) for r in results["rows"]):
+                continue
+            scheduler = diffusers_scheduler(kind, model, None if spacing == "default" else spacing)
+            started = time.perf_counter()
+            images = sample_diffusers(scheduler, model, noise, nfe)
+            results["rows"].append({**key, "fid": metrics.classifier_fid(images),
+                                    "seconds": round(time.perf_counter() - started, 1)})
+            write_json_atomic(results, out)
     print_table(results, args)
 
 
@@ -95,17 +95,26 @@ def print_table(results, args):
     ours_path = RESULTS / f"fid_vs_nfe_{args.model}.json"
     ours = json.loads(ours_path.read_text()) if ours_path.exists() else {"sha256": None}
     ours = ours["rows"] if ours["sha256"] == results["sha256"] else []
-    print(f"classifier-FID, {args.samples} samples (lower is better)")
+
+    def mean_fid(rows, **match):
+        """{nfe: FID averaged over args.seeds}, for the NFEs measured on every one of them."""
+        by_nfe = {}
+        for r in rows:
+            if r["samples"] == args.samples and r["seed"] in args.seeds and all(r[k] == v for k, v in match.items()):
+                by_nfe.setdefault(r["nfe"], []).append(r["fid"])
+        return {n: sum(f) / len(f) for n, f in by_nfe.items() if len(f) == len(args.seeds)}
+
+    seeds = ", ".join(map(str, args.seeds))
+    print(f"classifier-FID, {args.samples} samples, {'seed' if len(args.seeds) == 1 else 'mean over seeds'} "
+          f"{seeds} (lower is better)")
     print(f"{'sampler':34s}" + "".join(f"{'NFE ' + str(n):>10s}" for n in args.nfe))
     for kind, sampler in OURS.items():
-        mine = {r["nfe"]: r["fid"] for r in ours if r["sampler"] == sampler and r["samples"] == args.samples}
+        mine = mean_fid(ours, sampler=sampler)
         print(f"{'minidiff ' + sampler:34s}" + "".join(f"{mine.get(n, float('nan')):10.2f}" for n in args.nfe))
         for spacing in args.spacings:
-            theirs = {r["nfe"]: r["fid"] for r in results["rows"]
-                      if (r["scheduler"], r["timestep_spacing"], r["samples"]) == (kind, spacing, args.samples)}
+            theirs = mean_fid(results["rows"], scheduler=kind, timestep_spacing=spacing)
             print(f"{'diffusers ' + kind + ' (' + spacing + ')':34s}" +
                   "".join(f"{theirs.get(n, float('nan')):10.2f}" for n in args.nfe))
-
 
 if __name__ == "__main__":
     main()
