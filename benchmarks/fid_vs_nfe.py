@@ -80,6 +80,8 @@ def main():
                 (sampler, spacing, steps, args.samples, seed)]
         row = done[0] if done else measure(model, sampler, steps, spacing, args.samples, labels, args.guidance, seed)
         if not done:
+            if hardware_description(device) != results["hardware"]:  # a row added later, elsewhere, says where
+                row["hardware"] = hardware_description(device)
             results["rows"].append(row)
             write_json_atomic(results, out)
         accuracy = f"  accuracy {row['accuracy']:.3f}" if "accuracy" in row else ""

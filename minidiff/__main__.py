@@ -83,8 +83,8 @@ def main(argv=None):
     p.add_argument("-n", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="outputs/samples.png")
-    p.add_argument("--sampler", help="diffusion models only: ddpm, ddim, euler, euler_ancestral, heun or "
-                                     "dpmpp_2m (default)")
+    p.add_argument("--sampler", help="diffusion models only: ddpm, ddim, euler, euler_ancestral, heun, "
+                                     "dpmpp_2m (default) or dpmpp_2m_sde")
     p.add_argument("--steps", type=int, help="diffusion models only: number of sampling steps (default 20)")
     p.add_argument("--guidance", type=float, help="class-conditional diffusion: guidance scale (default 3)")
     p.set_defaults(run=cmd_sample)

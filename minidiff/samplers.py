@@ -153,16 +153,24 @@ def sample_heun(denoiser, x, sigmas, progress=False, callback=None):
 
 
 @torch.no_grad()
-def sample_dpmpp_2m(denoiser, x, sigmas, progress=False, callback=None):
+def sample_dpmpp_2m(denoiser, x, sigmas, eta: float = 0.0, generator=None, progress=False, callback=None):
     """DPM-Solver++(2M) (Lu et al., 2022): exact for the linear part of the ODE in λ = −log σ, and a
     second-order multistep estimate of D from this step's and the previous step's denoised images:
 
         x_{i+1} = (σ_{i+1}/σ_i) · x_i − (e^{−h} − 1) · D̂,     h = λ_{i+1} − λ_i,
         D̂ = (1 + 1/(2r)) · D_i − 1/(2r) · D_{i−1},           r = h_{i−1} / h.
+
+    With η > 0, the SDE variant (the "midpoint" form of SDE-DPM-Solver++(2M)): of the noise in x_i
+    only the fraction e^{−ηh} is carried on, and fresh noise tops x up to exactly σ_{i+1},
+
+        x_{i+1} = (σ_{i+1}/σ_i) e^{−ηh} · x_i − (e^{−(1+η)h} − 1) · D̂ + σ_{i+1} √(1 − e^{−2ηh}) · z,
+
+    so that x_i = x_0 + σ_i ε stays x_0 + σ_{i+1} ε' when D̂ = x_0. η = 0 is the ODE solver above;
+    η = 1 solves the reverse SDE, whose fresh noise washes out the denoiser's errors as DDPM's does.
     One network call per step."""
     sigmas = sigmas.tolist()
     previous, h_previous = None, None
-    for i in _steps(sigmas, progress, "dpmpp_2m"):
+    for i in _steps(sigmas, progress, "dpmpp_2m_sde" if eta else "dpmpp_2m"):
         denoised = denoiser(x, sigmas[i])
         if callback:
             callback(i, x, denoised)
@@ -174,9 +182,17 @@ def sample_dpmpp_2m(denoiser, x, sigmas, progress=False, callback=None):
         if previous is not None:
             r = h_previous / h
             estimate = (1 + 1 / (2 * r)) * denoised - 1 / (2 * r) * previous
-        x = (sigmas[i + 1] / sigmas[i]) * x - math.expm1(-h) * estimate
+        x = (sigmas[i + 1] / sigmas[i]) * math.exp(-eta * h) * x - math.expm1(-(1 + eta) * h) * estimate
+        if eta:
+            noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            x = x + noise * sigmas[i + 1] * math.sqrt(-math.expm1(-2 * eta * h))
         previous, h_previous = denoised, h
     return x
+
+
+def sample_dpmpp_2m_sde(denoiser, x, sigmas, generator=None, progress=False, callback=None):
+    """DPM-Solver++(2M) on the reverse SDE: ``sample_dpmpp_2m`` with η = 1."""
+    return sample_dpmpp_2m(denoiser, x, sigmas, 1.0, generator, progress, callback)
 
 
 @torch.no_grad()
@@ -192,8 +208,9 @@ def invert_ddim(denoiser, x0, sigmas, progress=False):
 
 
 SAMPLERS = {"ddpm": sample_ddpm, "ddim": sample_ddim, "euler": sample_euler,
-            "euler_ancestral": sample_euler_ancestral, "heun": sample_heun, "dpmpp_2m": sample_dpmpp_2m}
-STOCHASTIC = ("ddpm", "ddim", "euler_ancestral")  # draw fresh noise (DDIM when η > 0): take a ``generator``
+            "euler_ancestral": sample_euler_ancestral, "heun": sample_heun, "dpmpp_2m": sample_dpmpp_2m,
+            "dpmpp_2m_sde": sample_dpmpp_2m_sde}
+STOCHASTIC = ("ddpm", "ddim", "euler_ancestral", "dpmpp_2m", "dpmpp_2m_sde")  # fresh noise (DDIM, DPM++ when η > 0)
 
 KARRAS_MIN_STEPS = 8
 

@@ -46,6 +46,7 @@ CASES = {  # name -> (sampler call, sigmas)
     "euler": (samplers.sample_euler, samplers.sigmas_karras(200, 0.002, 80.0)),
     "heun": (samplers.sample_heun, KARRAS),
     "dpmpp_2m": (samplers.sample_dpmpp_2m, KARRAS),
+    "dpmpp_2m_sde": (samplers.sample_dpmpp_2m_sde, samplers.sigmas_karras(100, 0.002, 80.0)),  # noisy: more steps
     "ddim": (samplers.sample_ddim, samplers.sigmas_uniform_t(schedules.cosine_schedule(1000), 100)),
     "euler_ancestral": (samplers.sample_euler_ancestral, samplers.sigmas_karras(800, 0.002, 80.0)),  # 1st order, noisy
     "ddpm": (samplers.sample_ddpm, samplers.sigmas_uniform_t(schedules.linear_schedule(1000), 1000)),
@@ -60,7 +61,7 @@ def test_every_sampler_reproduces_a_gaussian(name):
     assert torch.allclose(torch.cov(x.T), COV, atol=0.05)
 
 
-@pytest.mark.parametrize("name", ["heun", "dpmpp_2m", "ddpm"])
+@pytest.mark.parametrize("name", ["heun", "dpmpp_2m", "dpmpp_2m_sde", "ddpm"])
 def test_samplers_reproduce_a_mixture_of_gaussians(name):
     sampler, sigmas = CASES[name]
     x = sampler(mixture_denoiser(), start(8_000, 1, sigmas[0].item(), seed=1), sigmas).flatten()
@@ -92,9 +93,28 @@ def test_ddim_eta_zero_is_deterministic_and_ancestral_samplers_follow_the_seed()
     x = start(100, 2, 80.0)
     d = gaussian_denoiser()
     assert torch.equal(samplers.sample_ddim(d, x, sigmas), samplers.sample_ddim(d, x, sigmas))
-    runs = [samplers.sample_euler_ancestral(d, x, sigmas, generator=torch.Generator().manual_seed(s))
-            for s in (7, 7, 8)]
-    assert torch.equal(runs[0], runs[1]) and not torch.allclose(runs[0], runs[2])
+    for sampler in (samplers.sample_euler_ancestral, samplers.sample_dpmpp_2m_sde):
+        runs = [sampler(d, x, sigmas, generator=torch.Generator().manual_seed(s)) for s in (7, 7, 8)]
+        assert torch.equal(runs[0], runs[1]) and not torch.allclose(runs[0], runs[2])
+
+
+def test_dpmpp_2m_sde_keeps_x_at_the_scheduled_noise_level():
+    """With a perfect denoiser of a point mass (D ≡ μ), x_i = μ + σ_i·ε must stay μ + σ_{i+1}·ε' after
+    each SDE step: the carried noise (σ_{i+1} e^{−h}) and the fresh noise add up to σ_{i+1} exactly."""
+    mu = torch.tensor([0.5, -1.0], dtype=torch.float64)
+    sigmas = torch.tensor([80.0, 20.0, 3.0, 0.5, 0.05], dtype=torch.float64)
+    x = samplers.sample_dpmpp_2m_sde(lambda x, sigma: mu.expand_as(x), mu + start(100_000, 2, 80.0), sigmas,
+                                     generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(x.mean(0), mu, atol=0.002)
+    assert torch.allclose(x.std(0), torch.full((2,), 0.05, dtype=torch.float64), rtol=0.01)
+
+
+def test_dpmpp_2m_with_eta_zero_is_the_ode_solver_and_with_eta_one_the_sde_solver():
+    sigmas, d, x = KARRAS, gaussian_denoiser(), start(100, 2, 80.0)
+    assert torch.equal(samplers.sample_dpmpp_2m(d, x, sigmas, eta=0.0, generator=torch.Generator().manual_seed(1)),
+                       samplers.sample_dpmpp_2m(d, x, sigmas))
+    assert torch.equal(samplers.sample_dpmpp_2m(d, x, sigmas, eta=1.0, generator=torch.Generator().manual_seed(1)),
+                       samplers.sample_dpmpp_2m_sde(d, x, sigmas, generator=torch.Generator().manual_seed(1)))
 
 
 def test_ddim_inversion_round_trips_an_image():
