@@ -62,6 +62,7 @@ def main():
 
     torch.manual_seed(0)
     device = pick_device(args.device)
+    hardware = hardware_description(device)
     model = load_pretrained(args.model, UNet, device=device)
     labels = None if model.num_classes is None else torch.arange(args.samples) % model.num_classes
     out = args.out or RESULTS / f"fid_vs_nfe_{args.model}.json"
@@ -69,7 +70,7 @@ def main():
     results = json.loads(out.read_text()) if out.exists() else None
     if results is None or results["sha256"] != sha256:  # rows measured on other weights do not count
         results = {"model": args.model, "sha256": sha256, "seed": metrics.PROTOCOL_SEED,
-                   "real_vs_real_fid": metrics.real_vs_real_fid(), "hardware": hardware_description(device),
+                   "real_vs_real_fid": metrics.real_vs_real_fid(), "hardware": hardware,
                    "threads": torch.get_num_threads(), "rows": []}
     plan = [(s, steps_for_nfe(s, n)) for s in args.samplers for n in args.nfe]
     if args.reference:
@@ -80,8 +81,8 @@ def main():
                 (sampler, spacing, steps, args.samples, seed)]
         row = done[0] if done else measure(model, sampler, steps, spacing, args.samples, labels, args.guidance, seed)
         if not done:
-            if hardware_description(device) != results["hardware"]:  # a row added later, elsewhere, says where
-                row["hardware"] = hardware_description(device)
+            if hardware != results["hardware"]:  # a row added later, elsewhere, says where
+                row["hardware"] = hardware
             results["rows"].append(row)
             write_json_atomic(results, out)
         accuracy = f"  accuracy {row['accuracy']:.3f}" if "accuracy" in row else ""

@@ -116,5 +116,6 @@ def print_table(results, args):
             print(f"{'diffusers ' + kind + ' (' + spacing + ')':34s}" +
                   "".join(f"{theirs.get(n, float('nan')):10.2f}" for n in args.nfe))
 
+
 if __name__ == "__main__":
     main()
