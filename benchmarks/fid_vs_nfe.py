@@ -5,6 +5,7 @@ network evaluations (NFE), with the course's protocol (2,000 samples, seed 0, vs
     python benchmarks/fid_vs_nfe.py --samplers dpmpp_2m --nfe 10 --samples 500
     python benchmarks/fid_vs_nfe.py --device cuda        # minutes instead of hours (same starting noise)
     python benchmarks/fid_vs_nfe.py --seeds 1 2 3 --samplers ddpm --nfe 100   # how far the seed moves it
+    python benchmarks/fid_vs_nfe.py --samplers dpmpp_2m_sde --nfe 10 --sigma-min 0.03 --sigma-max 20  # a short range
 
 Each finished row is written at once to ``benchmarks/results/fid_vs_nfe_<model>.json`` (atomically), and
 a re-run skips the rows already there (measured on the same weights: the file records their sha256), so a
@@ -31,18 +32,25 @@ from minidiff.unet import UNet
 RESULTS = Path(__file__).parent / "results"
 
 
-def measure(model, sampler, steps, spacing, samples, labels, guidance_scale, seed):
+def measure(model, sampler, steps, spacing, karras_range, samples, labels, guidance_scale, seed):
     started = time.perf_counter()
-    images = generate(model, samples, sampler=sampler, num_inference_steps=steps, spacing=spacing,
+    images = generate(model, samples, sampler=sampler, num_inference_steps=steps, spacing=spacing, **karras_range,
                       labels=None if labels is None else labels[:samples], guidance_scale=guidance_scale,
                       seed=seed)
     seconds = time.perf_counter() - started
     report = metrics.evaluate_samples(images, None if labels is None else labels[:samples])
-    row = dict(sampler=sampler, spacing=spacing, steps=steps, nfe=nfe_for_steps(sampler, steps), samples=samples,
-               seed=seed, fid=report["fid"], seconds=round(seconds, 1), images_per_s=round(samples / seconds, 2))
+    row = dict(sampler=sampler, spacing=spacing, **karras_range, steps=steps, nfe=nfe_for_steps(sampler, steps),
+               samples=samples, seed=seed, fid=report["fid"], seconds=round(seconds, 1), images_per_s=round(samples / seconds, 2))
     if labels is not None:
         row.update(accuracy=report["accuracy"], guidance_scale=guidance_scale)
     return row
+
+
+def spacing_label(row):
+    """The row's spacing, with the Karras range when it was moved: "karras σ_min 0.03 σ_max 20"."""
+    moved = [f"{name} {row[key]:g}" for name, key in (("σ_min", "sigma_min"), ("σ_max", "sigma_max"), ("ρ", "rho"))
+             if key in row]
+    return " ".join([row["spacing"], *moved])
 
 
 def main():
@@ -52,6 +60,9 @@ def main():
     parser.add_argument("--nfe", nargs="+", type=int, default=[5, 10, 20, 50, 100])
     parser.add_argument("--reference", type=int, default=1000, help="NFE of the DDPM reference row (0: none)")
     parser.add_argument("--spacing", choices=["uniform_t", "karras"], help="one spacing for all samplers")
+    parser.add_argument("--sigma-min", type=float, help="Karras spacing from this σ (default: the schedule's smallest)")
+    parser.add_argument("--sigma-max", type=float, help="Karras spacing up to this σ (default: 80)")
+    parser.add_argument("--rho", type=float, help="Karras spacing's ρ (default: 7)")
     parser.add_argument("--samples", type=int, default=metrics.PROTOCOL_SAMPLES)
     parser.add_argument("--seeds", nargs="+", type=int, default=[metrics.PROTOCOL_SEED],
                         help="seeds of the starting (and ancestral) noise; the protocol's is 0, others show the spread")
@@ -72,21 +83,25 @@ def main():
         results = {"model": args.model, "sha256": sha256, "seed": metrics.PROTOCOL_SEED,
                    "real_vs_real_fid": metrics.real_vs_real_fid(), "hardware": hardware,
                    "threads": torch.get_num_threads(), "rows": []}
-    plan = [(s, steps_for_nfe(s, n)) for s in args.samplers for n in args.nfe]
+    moved = {k: v for k, v in dict(sigma_min=args.sigma_min, sigma_max=args.sigma_max, rho=args.rho).items()
+             if v is not None}  # recorded in the row; a row without them used the defaults
+    plan = [(s, steps_for_nfe(s, n), moved) for s in args.samplers for n in args.nfe]
     if args.reference:
-        plan.append(("ddpm", args.reference))
-    for seed, (sampler, steps) in ((seed, step) for seed in args.seeds for step in plan):
-        spacing = args.spacing or default_spacing(sampler, steps)
-        done = [r for r in results["rows"] if (r["sampler"], r["spacing"], r["steps"], r["samples"], r["seed"]) ==
-                (sampler, spacing, steps, args.samples, seed)]
-        row = done[0] if done else measure(model, sampler, steps, spacing, args.samples, labels, args.guidance, seed)
+        plan.append(("ddpm", args.reference, {}))  # the reference always on DDPM's own steps
+    for seed, (sampler, steps, karras_range) in ((seed, step) for seed in args.seeds for step in plan):
+        spacing = args.spacing or ("karras" if karras_range else default_spacing(sampler, steps))
+        key = dict(sampler=sampler, spacing=spacing, steps=steps, samples=args.samples, seed=seed)
+        done = [r for r in results["rows"] if all(r[k] == v for k, v in key.items())
+                and all(r.get(k) == karras_range.get(k) for k in ("sigma_min", "sigma_max", "rho"))]
+        row = done[0] if done else measure(model, sampler, steps, spacing, karras_range, args.samples, labels,
+                                           args.guidance, seed)
         if not done:
             if hardware != results["hardware"]:  # a row added later, elsewhere, says where
                 row["hardware"] = hardware
             results["rows"].append(row)
             write_json_atomic(results, out)
         accuracy = f"  accuracy {row['accuracy']:.3f}" if "accuracy" in row else ""
-        print(f"seed {seed}  {sampler:16s} {spacing:9s} NFE {row['nfe']:5d}  FID {row['fid']:8.2f}  "
+        print(f"seed {seed}  {sampler:16s} {spacing_label(row):22s} NFE {row['nfe']:5d}  FID {row['fid']:8.2f}  "
               f"{row['images_per_s']:8.1f} images/s{accuracy}")
         if ((sampler, steps, seed) == ("ddpm", 1000, metrics.PROTOCOL_SEED) and args.samples == metrics.PROTOCOL_SAMPLES
                 and not args.out):

@@ -240,17 +240,33 @@ def nfe_for_steps(sampler: str, steps: int) -> int:
 KARRAS_SIGMA_MAX = 80.0  # Karras et al.'s σ_max for unit-scale data; beyond it x is noise to 1 part in 80
 
 
-def schedule_sigmas(alphas_cumprod: torch.Tensor, num_inference_steps: int, spacing: str = "uniform_t"):
+def schedule_sigmas(alphas_cumprod: torch.Tensor, num_inference_steps: int, spacing: str = "uniform_t",
+                    sigma_min: float | None = None, sigma_max: float | None = None, rho: float = 7.0):
     """The σ's a sampler visits: ``"uniform_t"`` (DDPM/DDIM's evenly spaced training steps) or
     ``"karras"`` (ρ = 7 from the schedule's smallest σ up to at most ``KARRAS_SIGMA_MAX``), ending at 0.
     The cap matters: the cosine schedule's last σ is about 20,000, and ρ = 7 spacing up to there spends
     half of 10 steps above σ = 80, where nothing is left to decide (at 10 steps, FID 214 instead of 56
-    for the shipped MNIST model)."""
+    for the shipped MNIST model).
+
+    ``sigma_min``, ``sigma_max`` and ``rho`` move the Karras range. With few steps it pays to move it
+    in: of 10 steps from σ = 80 down to σ_min ≈ 0.006, three land above σ = 20, where the denoiser can
+    only answer "an average digit", and the last three below σ = 0.2, where the digit is decided and only
+    faint noise is left, which the final call D(x, σ_min) removes in one go. On the shipped MNIST
+    model at 10 steps (tuned on seeds 10–12, not the protocol's): DPM-Solver++ SDE on σ ∈ [0.2, 20]
+    scores FID 4.8 instead of 10.3, and the ODE solver with ρ = 4 and σ_min = 0.1 9.2 instead of 12.5
+    (chapter 06)."""
     if spacing == "uniform_t":
+        if (sigma_min, sigma_max, rho) != (None, None, 7.0):
+            raise ValueError("sigma_min, sigma_max and rho shape the 'karras' spacing; "
+                             "'uniform_t' takes the training steps as they are")
         return sigmas_uniform_t(alphas_cumprod, num_inference_steps)
     if spacing == "karras":
         sigmas = sigmas_from_alphas_cumprod(alphas_cumprod)
-        return sigmas_karras(num_inference_steps, sigmas[0].item(), min(sigmas[-1].item(), KARRAS_SIGMA_MAX))
+        sigma_min = sigmas[0].item() if sigma_min is None else sigma_min
+        sigma_max = min(sigmas[-1].item(), KARRAS_SIGMA_MAX) if sigma_max is None else sigma_max
+        if not 0 < sigma_min < sigma_max:
+            raise ValueError(f"need 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}")
+        return sigmas_karras(num_inference_steps, sigma_min, sigma_max, rho)
     raise ValueError(f"spacing must be 'uniform_t' or 'karras', not {spacing!r}")
 
 
@@ -263,13 +279,15 @@ def starting_noise(n: int, shape: tuple, seed: int = 0) -> torch.Tensor:
 
 @torch.no_grad()
 def generate(model, n: int, *, sampler: str = "ddpm", num_inference_steps: int | None = None,
-             spacing: str | None = None, labels=None, guidance_scale: float = 1.0, seed: int = 0,
+             spacing: str | None = None, sigma_min: float | None = None, sigma_max: float | None = None,
+             rho: float = 7.0, labels=None, guidance_scale: float = 1.0, seed: int = 0,
              batch_size: int = 500, progress: bool = True, **sampler_options) -> torch.Tensor:
     """Draw ``n`` images from a trained U-Net: the one entry point used by recipes, chapters and
     ``python -m minidiff sample``. The starting noise of image i depends only on (seed, i), so a
     deterministic sampler gives the same pictures whatever the batch size (a stochastic one draws its
     later noise per batch: same seed and batch size, same pictures). ``num_inference_steps`` defaults to
-    all T training steps (what DDPM needs) and ``spacing`` to ``default_spacing``;
+    all T training steps (what DDPM needs) and ``spacing`` to ``default_spacing`` (``sigma_min``,
+    ``sigma_max`` and ``rho`` move a Karras spacing's range, see ``schedule_sigmas``);
     ``labels`` (n,) asks a class-conditional model for those classes, with classifier-free guidance
     when ``guidance_scale`` ≠ 1."""
     if sampler not in SAMPLERS:
@@ -278,7 +296,9 @@ def generate(model, n: int, *, sampler: str = "ddpm", num_inference_steps: int |
     device = next(model.parameters()).device
     alphas_cumprod = make_schedule(model.schedule, model.num_train_steps)
     steps = num_inference_steps or model.num_train_steps
-    sigmas = schedule_sigmas(alphas_cumprod, steps, spacing or default_spacing(sampler, steps))
+    karras_range = (sigma_min, sigma_max, rho) != (None, None, 7.0)
+    spacing = spacing or ("karras" if karras_range else default_spacing(sampler, steps))
+    sigmas = schedule_sigmas(alphas_cumprod, steps, spacing, sigma_min, sigma_max, rho)
     noise = starting_noise(n, (model.in_channels, model.image_size, model.image_size), seed)
     out = []
     for start in tqdm(range(0, n, batch_size), desc=f"{sampler} × {len(sigmas) - 1}", disable=not progress):

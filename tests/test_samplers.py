@@ -153,6 +153,32 @@ def test_uniform_t_sigmas_visit_trailing_steps():
     assert torch.equal(all_steps[:-1], every.flip(0)) and all_steps[-1] == 0
 
 
+def test_karras_range_defaults_to_the_schedule_capped_at_80_and_can_be_moved_in():
+    alphas_cumprod = schedules.cosine_schedule(1000)
+    smallest = schedules.sigmas_from_alphas_cumprod(alphas_cumprod)[0].item()
+    default = samplers.schedule_sigmas(alphas_cumprod, 10, "karras")
+    assert default[0].item() == pytest.approx(80.0) and default[-2].item() == pytest.approx(smallest)
+    moved = samplers.schedule_sigmas(alphas_cumprod, 10, "karras", sigma_min=0.03, sigma_max=20.0, rho=4.0)
+    assert torch.equal(moved, samplers.sigmas_karras(10, 0.03, 20.0, 4.0))
+    with pytest.raises(ValueError, match="uniform_t"):
+        samplers.schedule_sigmas(alphas_cumprod, 10, "uniform_t", sigma_max=20.0)
+    with pytest.raises(ValueError, match="sigma_min < sigma_max"):
+        samplers.schedule_sigmas(alphas_cumprod, 10, "karras", sigma_min=30.0, sigma_max=20.0)
+
+
+def test_generate_walks_the_moved_karras_range():
+    """``generate(sigma_min=…, sigma_max=…)`` is the sampler run by hand on ``schedule_sigmas``'s range."""
+    model = tiny_unet(prediction_type="v_prediction")
+    torch.nn.init.normal_(model.head[-1].weight, std=0.1)
+    images = samplers.generate(model, 3, sampler="dpmpp_2m", num_inference_steps=6, sigma_min=0.05, sigma_max=10.0,
+                               seed=4, progress=False)
+    alphas_cumprod = schedules.make_schedule(model.schedule, model.num_train_steps)
+    sigmas = samplers.sigmas_karras(6, 0.05, 10.0)
+    denoiser = samplers.model_denoiser(model, alphas_cumprod, "v_prediction")
+    by_hand = samplers.sample_dpmpp_2m(denoiser, samplers.starting_noise(3, (1, 8, 8), 4) * 10.0, sigmas)
+    assert torch.allclose(images, by_hand.clamp(-1, 1), atol=1e-6)
+
+
 @pytest.mark.parametrize("name", list(samplers.SAMPLERS))
 def test_nfe_counts_the_network_calls(name):
     """``nfe_for_steps`` is what a sampler really costs, and ``steps_for_nfe`` inverts it."""

@@ -19,6 +19,9 @@ QUALITY_SAMPLES = 500
 UNCONDITIONAL_FID_BOUND = 2.25
 MANIFEST_FID_BOUND = 4.0
 MANIFEST_ANCESTRAL_FID_BOUND = 2.0
+# Chapter 06's target: 10 calls of DPM-Solver++(2M) SDE on the Karras range σ 0.2–20 within 1.15× of
+# DDPM × 1000 (protocol seed: 5.36 vs 5.08, 1.06×).
+FEW_STEP_RATIO_BOUND = 1.15
 
 
 @pytest.fixture(scope="module")
@@ -61,3 +64,14 @@ def test_committed_benchmark_results_describe_the_shipped_weights(results):
     """Re-shipping ddpm_mnist makes the committed FID-vs-NFE tables stale: re-run the benchmarks."""
     path = Path(__file__).parent.parent / "benchmarks" / "results" / results
     assert json.loads(path.read_text())["sha256"] == read_manifest()["ddpm_mnist"]["sha256"]
+
+
+def test_ten_calls_of_dpmpp_2m_sde_match_a_thousand_ancestral_steps():
+    """The committed protocol rows (seed 0, 2,000 samples) of ``benchmarks/fid_vs_nfe.py``."""
+    results = json.loads((Path(__file__).parent.parent / "benchmarks" / "results" / "fid_vs_nfe_ddpm_mnist.json")
+                         .read_text())
+    protocol = [r for r in results["rows"] if (r["seed"], r["samples"]) == (PROTOCOL_SEED, 2000)]
+    [ancestral] = [r["fid"] for r in protocol if (r["sampler"], r["nfe"]) == ("ddpm", 1000)]
+    [few_step] = [r["fid"] for r in protocol if (r["sampler"], r["nfe"], r.get("sigma_min"), r.get("sigma_max"))
+                  == ("dpmpp_2m_sde", 10, 0.2, 20.0)]
+    assert few_step < FEW_STEP_RATIO_BOUND * ancestral
