@@ -40,7 +40,8 @@ def measure(model, sampler, steps, spacing, karras_range, samples, labels, guida
     seconds = time.perf_counter() - started
     report = metrics.evaluate_samples(images, None if labels is None else labels[:samples])
     row = dict(sampler=sampler, spacing=spacing, **karras_range, steps=steps, nfe=nfe_for_steps(sampler, steps),
-               samples=samples, seed=seed, fid=report["fid"], seconds=round(seconds, 1), images_per_s=round(samples / seconds, 2))
+               samples=samples, seed=seed, fid=report["fid"], seconds=round(seconds, 1),
+               images_per_s=round(samples / seconds, 2))
     if labels is not None:
         row.update(accuracy=report["accuracy"], guidance_scale=guidance_scale)
     return row
@@ -60,7 +61,7 @@ def main():
     parser.add_argument("--nfe", nargs="+", type=int, default=[5, 10, 20, 50, 100])
     parser.add_argument("--reference", type=int, default=1000, help="NFE of the DDPM reference row (0: none)")
     parser.add_argument("--spacing", choices=["uniform_t", "karras"], help="one spacing for all samplers")
-    parser.add_argument("--sigma-min", type=float, help="Karras spacing from this σ (default: the schedule's smallest)")
+    parser.add_argument("--sigma-min", type=float, help="Karras spacing from this σ (default: the schedule's least)")
     parser.add_argument("--sigma-max", type=float, help="Karras spacing up to this σ (default: 80)")
     parser.add_argument("--rho", type=float, help="Karras spacing's ρ (default: 7)")
     parser.add_argument("--samples", type=int, default=metrics.PROTOCOL_SAMPLES)
