@@ -30,6 +30,7 @@ from minidiff.train import pick_device
 from minidiff.unet import UNet
 
 RESULTS = Path(__file__).parent / "results"
+KARRAS_RANGE = {"sigma_min": "σ_min", "sigma_max": "σ_max", "rho": "ρ"}  # options that move it, as rows record them
 
 
 def measure(model, sampler, steps, spacing, karras_range, samples, labels, guidance_scale, seed):
@@ -49,8 +50,7 @@ def measure(model, sampler, steps, spacing, karras_range, samples, labels, guida
 
 def spacing_label(row):
     """The row's spacing, with the Karras range when it was moved: "karras σ_min 0.03 σ_max 20"."""
-    moved = [f"{name} {row[key]:g}" for name, key in (("σ_min", "sigma_min"), ("σ_max", "sigma_max"), ("ρ", "rho"))
-             if key in row]
+    moved = [f"{name} {row[key]:g}" for key, name in KARRAS_RANGE.items() if key in row]
     return " ".join([row["spacing"], *moved])
 
 
@@ -84,8 +84,7 @@ def main():
         results = {"model": args.model, "sha256": sha256, "seed": metrics.PROTOCOL_SEED,
                    "real_vs_real_fid": metrics.real_vs_real_fid(), "hardware": hardware,
                    "threads": torch.get_num_threads(), "rows": []}
-    moved = {k: v for k, v in dict(sigma_min=args.sigma_min, sigma_max=args.sigma_max, rho=args.rho).items()
-             if v is not None}  # recorded in the row; a row without them used the defaults
+    moved = {k: getattr(args, k) for k in KARRAS_RANGE if getattr(args, k) is not None}  # a row without them: defaults
     plan = [(s, steps_for_nfe(s, n), moved) for s in args.samplers for n in args.nfe]
     if args.reference:
         plan.append(("ddpm", args.reference, {}))  # the reference always on DDPM's own steps
@@ -93,7 +92,7 @@ def main():
         spacing = args.spacing or ("karras" if karras_range else default_spacing(sampler, steps))
         key = dict(sampler=sampler, spacing=spacing, steps=steps, samples=args.samples, seed=seed)
         done = [r for r in results["rows"] if all(r[k] == v for k, v in key.items())
-                and all(r.get(k) == karras_range.get(k) for k in ("sigma_min", "sigma_max", "rho"))]
+                and all(r.get(k) == karras_range.get(k) for k in KARRAS_RANGE)]
         row = done[0] if done else measure(model, sampler, steps, spacing, karras_range, args.samples, labels,
                                            args.guidance, seed)
         if not done:

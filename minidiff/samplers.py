@@ -240,6 +240,11 @@ def nfe_for_steps(sampler: str, steps: int) -> int:
 KARRAS_SIGMA_MAX = 80.0  # Karras et al.'s σ_max for unit-scale data; beyond it x is noise to 1 part in 80
 
 
+def moves_karras_range(sigma_min: float | None, sigma_max: float | None, rho: float) -> bool:
+    """Whether these ``schedule_sigmas`` options differ from the default Karras range."""
+    return (sigma_min, sigma_max, rho) != (None, None, 7.0)
+
+
 def schedule_sigmas(alphas_cumprod: torch.Tensor, num_inference_steps: int, spacing: str = "uniform_t",
                     sigma_min: float | None = None, sigma_max: float | None = None, rho: float = 7.0):
     """The σ's a sampler visits: ``"uniform_t"`` (DDPM/DDIM's evenly spaced training steps) or
@@ -256,7 +261,7 @@ def schedule_sigmas(alphas_cumprod: torch.Tensor, num_inference_steps: int, spac
     scores FID 4.8 instead of 10.3, and the ODE solver with ρ = 4 and σ_min = 0.1 9.2 instead of 12.5
     (chapter 06)."""
     if spacing == "uniform_t":
-        if (sigma_min, sigma_max, rho) != (None, None, 7.0):
+        if moves_karras_range(sigma_min, sigma_max, rho):
             raise ValueError("sigma_min, sigma_max and rho shape the 'karras' spacing; "
                              "'uniform_t' takes the training steps as they are")
         return sigmas_uniform_t(alphas_cumprod, num_inference_steps)
@@ -296,8 +301,8 @@ def generate(model, n: int, *, sampler: str = "ddpm", num_inference_steps: int |
     device = next(model.parameters()).device
     alphas_cumprod = make_schedule(model.schedule, model.num_train_steps)
     steps = num_inference_steps or model.num_train_steps
-    karras_range = (sigma_min, sigma_max, rho) != (None, None, 7.0)
-    spacing = spacing or ("karras" if karras_range else default_spacing(sampler, steps))
+    if spacing is None:
+        spacing = "karras" if moves_karras_range(sigma_min, sigma_max, rho) else default_spacing(sampler, steps)
     sigmas = schedule_sigmas(alphas_cumprod, steps, spacing, sigma_min, sigma_max, rho)
     noise = starting_noise(n, (model.in_channels, model.image_size, model.image_size), seed)
     out = []

@@ -12,6 +12,7 @@ from minidiff.samplers import generate
 from minidiff.unet import UNet
 
 QUALITY_SAMPLES = 500
+RESULTS = Path(__file__).parent.parent / "benchmarks" / "results"
 # Regression guards for the shipped models, as measured. ddpm_mnist (31,000 steps): 500 samples × 10
 # DPM-Solver++ steps score 18.2 (1.95× the 500-sample floor of 9.3); the manifest's 2,000 samples ×
 # 20 steps 10.5 (3.6× the 2,000-sample floor of 2.92) and 1,000-step ancestral sampling 5.08 (1.74×;
@@ -62,14 +63,12 @@ def test_manifest_records_the_protocol_figures():
 @pytest.mark.parametrize("results", ["fid_vs_nfe_ddpm_mnist.json", "samplers_vs_diffusers_ddpm_mnist.json"])
 def test_committed_benchmark_results_describe_the_shipped_weights(results):
     """Re-shipping ddpm_mnist makes the committed FID-vs-NFE tables stale: re-run the benchmarks."""
-    path = Path(__file__).parent.parent / "benchmarks" / "results" / results
-    assert json.loads(path.read_text())["sha256"] == read_manifest()["ddpm_mnist"]["sha256"]
+    assert json.loads((RESULTS / results).read_text())["sha256"] == read_manifest()["ddpm_mnist"]["sha256"]
 
 
 def test_ten_calls_of_dpmpp_2m_sde_match_a_thousand_ancestral_steps():
     """The committed protocol rows (seed 0, 2,000 samples) of ``benchmarks/fid_vs_nfe.py``."""
-    results = json.loads((Path(__file__).parent.parent / "benchmarks" / "results" / "fid_vs_nfe_ddpm_mnist.json")
-                         .read_text())
+    results = json.loads((RESULTS / "fid_vs_nfe_ddpm_mnist.json").read_text())
     protocol = [r for r in results["rows"] if (r["seed"], r["samples"]) == (PROTOCOL_SEED, 2000)]
     [ancestral] = [r["fid"] for r in protocol if (r["sampler"], r["nfe"]) == ("ddpm", 1000)]
     [few_step] = [r["fid"] for r in protocol if (r["sampler"], r["nfe"], r.get("sigma_min"), r.get("sigma_max"))
