@@ -5,12 +5,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lab chapters setup clean
+.PHONY: demo test quick lab chapters setup clean
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml constraints.txt Makefile
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[dev]"
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[dev,bench]"
 	touch $@
 
 demo: $(STAMP)
@@ -18,6 +18,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	MINIDIFF_FAST=1 $(BIN)/python -m pytest -n 2 --dist loadscope
+
+quick: $(STAMP)  # the unit tests only: no notebooks, none marked slow (real training, sampling, scoring)
+	MINIDIFF_FAST=1 $(BIN)/python -m pytest -n 2 --dist loadscope tests -m "not slow"
 
 chapters: $(STAMP)  # re-run every chapter in full mode and save its outputs (maintainers)
 	$(BIN)/python chapters/execute.py

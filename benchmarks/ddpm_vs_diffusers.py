@@ -2,9 +2,13 @@
 
     pip install -c constraints.txt -e '.[bench]'
     python benchmarks/ddpm_vs_diffusers.py --minutes 20 --sampler ddim --steps 50   # the committed run
+    python benchmarks/ddpm_vs_diffusers.py --smoke --results /tmp/peer   # seconds: a few steps each, 8 samples
 
-The table is printed and written (atomically) to ``benchmarks/results/ddpm_vs_diffusers.json`` with
-the hardware and thread count, since a wall-clock budget means little without them.
+The table is printed and written (atomically) to ``benchmarks/results/ddpm_vs_diffusers.json`` (or into
+``--results``) with the hardware and thread count, since a wall-clock budget means little without them.
+``--smoke`` checks that the script still runs: both sides time 1 step and train for a 0.005-minute
+budget (a step or two) on batches of 8, then draw 8 samples in 3 steps, into
+``outputs/benchmarks-smoke/`` unless ``--results`` names another folder.
 
 Both sides get the same MNIST training set, the same wall-clock budget on this machine, a U-Net of
 about the same size, and are sampled the same way, then scored with the course's protocol
@@ -20,34 +24,42 @@ minidiff's side is its recipe: cosine schedule, v-prediction with min-SNR-5 weig
 learning rate, EMA with warm-up — all through the one trainer.
 """
 import argparse
+import dataclasses
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-
-from minidiff import metrics
-from minidiff.checkpoints import hardware_description, write_json_atomic
-from minidiff.data import mnist_dataset
-from minidiff.diffusion import unet_loss
-from minidiff.recipes import ddpm_mnist_config, ddpm_mnist_model
-from minidiff.samplers import generate, starting_noise
-from minidiff.train import batch_indices, train
 from samplers_vs_diffusers import sample_diffusers
 
+from minidiff import metrics
+from minidiff.course.recipes.ddpm import ddpm_mnist_config, ddpm_mnist_model
+from minidiff.datasets.mnist import mnist_dataset, mnist_diffusion_dataset
+from minidiff.devices import hardware_description
+from minidiff.diffusion.loss import unet_loss
+from minidiff.diffusion.pipeline import generate, starting_noise
+from minidiff.files import write_json_atomic
+from minidiff.train import batch_indices, train
+
 RESULTS = Path(__file__).parent / "results"
+SMOKE_RESULTS = Path(__file__).resolve().parent.parent / "outputs" / "benchmarks-smoke"
+BATCH_SIZE, PROBE_STEPS = 128, 12  # both sides' batch; steps timed to size the budget
+SMOKE = dict(minutes=0.005, steps=3, samples=8, batch_size=8, probe_steps=1, results=SMOKE_RESULTS)
 
 
 def steps_for(seconds_per_step: float, minutes: float) -> int:
     return max(1, int(minutes * 60 / seconds_per_step))
 
 
-def train_minidiff(minutes):
-    """minidiff's recipe through the one trainer, for as many steps as fit in ``minutes``."""
-    data = mnist_dataset("train")
-    probe = ddpm_mnist_config(steps=12, fast=False, out_dir=None, progress=False)
+def train_minidiff(minutes, batch_size=BATCH_SIZE, probe_steps=PROBE_STEPS):
+    """minidiff's recipe through the one trainer, for as many steps as fit in ``minutes`` — on the CPU,
+    as the peer is trained, whatever else the machine has."""
+    data = mnist_diffusion_dataset("train")
+    probe = dataclasses.replace(ddpm_mnist_config(steps=probe_steps, fast=False, out_dir=None, device="cpu",
+                                                  progress=False), batch_size=batch_size)
     seconds = train(ddpm_mnist_model(), unet_loss, data, probe).wall_time_s / probe.steps
-    config = ddpm_mnist_config(steps=steps_for(seconds, minutes), fast=False, out_dir=None)
+    config = dataclasses.replace(ddpm_mnist_config(steps=steps_for(seconds, minutes), fast=False, out_dir=None,
+                                                   device="cpu"), batch_size=batch_size)
     result = train(ddpm_mnist_model(), unet_loss, data, config)
     return result.ema, config.steps, result.wall_time_s
 
@@ -60,7 +72,7 @@ def diffusers_unet():
                        up_block_types=("AttnUpBlock2D", "UpBlock2D", "UpBlock2D"))
 
 
-def train_diffusers(minutes, batch_size=128, seed=0):
+def train_diffusers(minutes, batch_size=BATCH_SIZE, seed=0, probe_steps=PROBE_STEPS):
     """diffusers' train_unconditional recipe, written the way its example writes it."""
     from diffusers import DDPMScheduler
     from diffusers.optimization import get_cosine_schedule_with_warmup
@@ -89,29 +101,45 @@ def train_diffusers(minutes, batch_size=128, seed=0):
         ema.copy_to(model.parameters())
         return model.eval(), time.perf_counter() - started
 
-    probe_steps = 12
     total = steps_for(run(probe_steps)[1] / probe_steps, minutes)
     model, seconds = run(total)
     return model, scheduler, total, seconds
 
 
 def sample_peer(model, train_scheduler, sampler, steps, n):
-    """The peer sampled with diffusers' own scheduler loop, from the same starting noise as minidiff."""
+    """The peer sampled with diffusers' own scheduler loop, from the same starting noise as minidiff
+    (``sample_diffusers`` runs the UNet2DModel itself: it needs its device and reads its ``.sample``)."""
     from diffusers import DDIMScheduler, DDPMScheduler
     scheduler = (DDIMScheduler if sampler == "ddim" else DDPMScheduler).from_config(train_scheduler.config)
-    return sample_diffusers(scheduler, lambda x, t: model(x, t).sample, starting_noise(n, (1, 28, 28)), steps)
+    return sample_diffusers(scheduler, model, starting_noise(n, (1, 28, 28)), steps)
 
 
-def main():
+def parse_args(parser, argv):
+    """``--smoke`` swaps the defaults for ``SMOKE``'s (options given on the command line still win),
+    and a smoke run never writes into the committed results."""
+    if parser.parse_known_args(argv)[0].smoke:
+        parser.set_defaults(**SMOKE)
+    args = parser.parse_args(argv)
+    if args.smoke and args.results.resolve() == RESULTS.resolve():
+        parser.error(f"--smoke does not write into {RESULTS}: give --results another folder")
+    return args
+
+
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=float, default=20.0, help="training wall time for each side")
     parser.add_argument("--sampler", choices=["ddim", "ddpm"], default="ddim")
     parser.add_argument("--steps", type=int, default=100, help="sampling steps for both")
     parser.add_argument("--samples", type=int, default=metrics.PROTOCOL_SAMPLES)
-    args = parser.parse_args()
+    parser.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="training batch for both sides")
+    parser.add_argument("--probe-steps", type=int, default=PROBE_STEPS, help="steps timed to size each budget")
+    parser.add_argument("--results", type=Path, default=RESULTS, help="folder of the results file")
+    parser.add_argument("--smoke", action="store_true", help="a seconds-long run of the same code (see SMOKE)")
+    args = parse_args(parser, argv)
 
-    ours, our_steps, our_time = train_minidiff(args.minutes)
-    peer, peer_scheduler, peer_steps, peer_time = train_diffusers(args.minutes)
+    ours, our_steps, our_time = train_minidiff(args.minutes, args.batch_size, args.probe_steps)
+    peer, peer_scheduler, peer_steps, peer_time = train_diffusers(args.minutes, args.batch_size,
+                                                                  probe_steps=args.probe_steps)
     rows = {
         "minidiff": (our_steps, our_time, generate(ours, args.samples, sampler=args.sampler,
                                                    num_inference_steps=args.steps)),
@@ -124,12 +152,16 @@ def main():
     report = dict(minutes=args.minutes, sampler=args.sampler, sampling_steps=args.steps, samples=args.samples,
                   seed=metrics.PROTOCOL_SEED, real_vs_real_fid=floor, hardware=hardware_description(),
                   threads=torch.get_num_threads(), rows={})
+    if args.batch_size != BATCH_SIZE:  # the committed run's batch goes unsaid
+        report["batch_size"] = args.batch_size
+    if args.smoke:
+        report["smoke"] = True
     for name, (steps, seconds, images) in rows.items():
         fid = metrics.classifier_fid(images)
         report["rows"][name] = dict(train_steps=steps, train_seconds=round(seconds), fid=fid)
         print(f"{name:10s} {steps:11d} {seconds:8.0f} {fid:8.2f} {fid / floor:9.2f}")
     print(f"minidiff's FID is {report['rows']['minidiff']['fid'] / report['rows']['diffusers']['fid']:.2f}× the peer's")
-    write_json_atomic(report, RESULTS / "ddpm_vs_diffusers.json")
+    write_json_atomic(report, args.results / "ddpm_vs_diffusers.json")
 
 
 if __name__ == "__main__":

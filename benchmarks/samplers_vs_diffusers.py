@@ -4,13 +4,17 @@ beside diffusers' ``DDIMScheduler`` and ``DPMSolverMultistepScheduler`` on a shi
     pip install -c constraints.txt -e '.[bench]'
     python benchmarks/fid_vs_nfe.py                  # minidiff's rows (this script reads them)
     python benchmarks/samplers_vs_diffusers.py       # diffusers' rows, then the side-by-side table
+    python benchmarks/samplers_vs_diffusers.py --smoke --results /tmp/vs   # seconds: 8 samples at NFE 3
 
-diffusers' schedulers get exactly the model's training schedule (``trained_betas``) and prediction type;
+diffusers' schedulers get exactly the model's training schedule (``trained_betas``, from the ᾱ_t the
+model keeps in its ``noise_schedule``) and prediction type;
 everything else is left at diffusers' defaults, as a user would (DDIM: "leading" timesteps and x_0
 clipping; DPM-Solver: 2nd-order "dpmsolver++" on "linspace" timesteps, lower order on the last steps),
 and the "trailing" timestep spacing is also measured. Scored with the course's protocol (classifier-FID
-of 2,000 samples, seed 0). Rows are saved as they finish, in ``benchmarks/results/``, and skipped on a
-re-run.
+of 2,000 samples, seed 0). Rows are saved as they finish, in ``benchmarks/results/`` (``--results``:
+another folder, whose ``fid_vs_nfe_<model>.json`` then gives minidiff's rows), and skipped on a re-run.
+``--smoke`` (8 samples, NFE 3, one seed, into ``outputs/benchmarks-smoke/`` unless ``--results`` says
+otherwise) checks that the script still runs.
 """
 import argparse
 import json
@@ -20,21 +24,23 @@ from pathlib import Path
 import torch
 
 from minidiff import metrics
-from minidiff.checkpoints import load_pretrained, read_manifest, write_json_atomic
-from minidiff.samplers import starting_noise
-from minidiff.schedules import betas_from_alphas_cumprod, make_schedule
-from minidiff.train import pick_device
-from minidiff.unet import UNet
+from minidiff.devices import pick_device
+from minidiff.diffusion.pipeline import starting_noise
+from minidiff.diffusion.schedules import betas_from_alphas_cumprod
+from minidiff.files import write_json_atomic
+from minidiff.weights import load_pretrained, read_manifest
 
 RESULTS = Path(__file__).parent / "results"
+SMOKE_RESULTS = Path(__file__).resolve().parent.parent / "outputs" / "benchmarks-smoke"
+SMOKE = dict(nfe=[3], samples=8, seeds=[metrics.PROTOCOL_SEED], results=SMOKE_RESULTS)
 OURS = {"ddim": "ddim", "dpmsolver++": "dpmpp_2m"}  # diffusers' scheduler → minidiff's sampler
 
 
 def diffusers_scheduler(kind: str, model, timestep_spacing: str | None):
     from diffusers import DDIMScheduler, DPMSolverMultistepScheduler
-    betas = betas_from_alphas_cumprod(make_schedule(model.schedule, model.num_train_steps))
-    common = dict(num_train_timesteps=model.num_train_steps, trained_betas=betas.tolist(),
-                  prediction_type=model.prediction_type)
+    betas = betas_from_alphas_cumprod(model.noise_schedule.alphas_cumprod.detach().cpu().double())
+    common = dict(num_train_timesteps=model.config.num_train_steps, trained_betas=betas.tolist(),
+                  prediction_type=model.config.prediction_type)
     if timestep_spacing:
         common["timestep_spacing"] = timestep_spacing
     if kind == "ddim":
@@ -44,7 +50,10 @@ def diffusers_scheduler(kind: str, model, timestep_spacing: str | None):
 
 @torch.no_grad()
 def sample_diffusers(scheduler, model, noise, steps, batch_size=500):
-    """diffusers' sampling loop: x_T = noise · init_noise_sigma, then one ``scheduler.step`` per timestep."""
+    """diffusers' sampling loop: x_T = noise · init_noise_sigma, then one ``scheduler.step`` per timestep.
+
+    ``model`` is the network itself, run on its own device: a minidiff U-Net (which returns the
+    prediction) or a diffusers ``UNet2DModel`` (which returns it as ``.sample``)."""
     device = next(model.parameters()).device
     out = []
     for start in range(0, len(noise), batch_size):
@@ -52,12 +61,25 @@ def sample_diffusers(scheduler, model, noise, steps, batch_size=500):
         x = noise[start:start + batch_size].to(device) * scheduler.init_noise_sigma
         for t in scheduler.timesteps:
             prediction = model(scheduler.scale_model_input(x, t), t.expand(len(x)))
+            if not isinstance(prediction, torch.Tensor):  # diffusers' models wrap it in an output class
+                prediction = prediction.sample
             x = scheduler.step(prediction, t, x).prev_sample
         out.append(x.clamp(-1, 1).cpu())
     return torch.cat(out)
 
 
-def main():
+def parse_args(parser, argv):
+    """``--smoke`` swaps the defaults for ``SMOKE``'s (options given on the command line still win),
+    and a smoke run never writes into the committed results."""
+    if parser.parse_known_args(argv)[0].smoke:
+        parser.set_defaults(**SMOKE)
+    args = parser.parse_args(argv)
+    if args.smoke and args.results.resolve() == RESULTS.resolve():
+        parser.error(f"--smoke does not write into {RESULTS}: give --results another folder")
+    return args
+
+
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="ddpm_mnist")
     parser.add_argument("--nfe", nargs="+", type=int, default=[5, 10, 20, 50, 100])
@@ -66,18 +88,22 @@ def main():
     parser.add_argument("--seeds", nargs="+", type=int, default=[metrics.PROTOCOL_SEED],
                         help="seeds of the starting noise (minidiff's rows: fid_vs_nfe.py --seeds)")
     parser.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, mps")
-    args = parser.parse_args()
+    parser.add_argument("--results", type=Path, default=RESULTS, help="folder of the results (and of minidiff's rows)")
+    parser.add_argument("--smoke", action="store_true", help="a seconds-long run of the same code (see SMOKE)")
+    args = parse_args(parser, argv)
 
-    model = load_pretrained(args.model, UNet, device=pick_device(args.device))
-    if model.num_classes is not None:
+    model = load_pretrained(args.model, device=pick_device(args.device))
+    if model.config.num_classes is not None:
         raise SystemExit("this comparison is for unconditional models (e.g. ddpm_mnist)")
-    out = RESULTS / f"samplers_vs_diffusers_{args.model}.json"
+    out = args.results / f"samplers_vs_diffusers_{args.model}.json"
     sha256 = read_manifest()[args.model]["sha256"]
     results = json.loads(out.read_text()) if out.exists() else None
     if results is None or results["sha256"] != sha256:  # rows measured on other weights do not count
         results = {"model": args.model, "sha256": sha256, "rows": []}
+    if args.smoke:
+        results["smoke"] = True  # a file a smoke run wrote to says so
     for seed in args.seeds:
-        noise = starting_noise(args.samples, (model.in_channels, model.image_size, model.image_size), seed)
+        noise = starting_noise(args.samples, model.sample_shape, seed)
         for kind, spacing, nfe in ((k, s, n) for k in OURS for s in args.spacings for n in args.nfe):
             key = dict(scheduler=kind, timestep_spacing=spacing, nfe=nfe, samples=args.samples, seed=seed)
             if any(all(r[k] == v for k, v in key.items()) for r in results["rows"]):
@@ -92,7 +118,7 @@ def main():
 
 
 def print_table(results, args):
-    ours_path = RESULTS / f"fid_vs_nfe_{args.model}.json"
+    ours_path = args.results / f"fid_vs_nfe_{args.model}.json"
     ours = json.loads(ours_path.read_text()) if ours_path.exists() else {"sha256": None}
     ours = ours["rows"] if ours["sha256"] == results["sha256"] else []
 

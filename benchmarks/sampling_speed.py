@@ -4,10 +4,12 @@ included), plus the bare network's throughput.
 
     python benchmarks/sampling_speed.py                    # CPU, batch 256, NFE 10 and 20
     python benchmarks/sampling_speed.py --device cuda --batch 2000
+    python benchmarks/sampling_speed.py --smoke --results /tmp/speed   # seconds: the same code, tiny sizes
 
 Images per second falls as 1/NFE: the network call is nearly all of the cost, so a sampler's speed is
-its NFE. Results go to ``benchmarks/results/sampling_speed_<model>_<device>.json`` with the hardware
-and thread count.
+its NFE. Results go to ``benchmarks/results/sampling_speed_<model>_<device>.json`` (``--results``
+another folder) with the hardware and thread count. ``--smoke`` (batch 4, NFE 3, one repeat, results in
+``outputs/benchmarks-smoke/`` unless ``--results`` says otherwise) checks that the script still runs.
 """
 import argparse
 import time
@@ -15,12 +17,15 @@ from pathlib import Path
 
 import torch
 
-from minidiff.checkpoints import hardware_description, load_pretrained, write_json_atomic
-from minidiff.samplers import SAMPLERS, generate, nfe_for_steps, steps_for_nfe
-from minidiff.train import pick_device
-from minidiff.unet import UNet
+from minidiff.devices import hardware_description, pick_device
+from minidiff.diffusion.pipeline import generate
+from minidiff.diffusion.samplers import SAMPLERS, nfe_for_steps, steps_for_nfe
+from minidiff.files import write_json_atomic
+from minidiff.weights import load_pretrained
 
 RESULTS = Path(__file__).parent / "results"
+SMOKE_RESULTS = Path(__file__).resolve().parent.parent / "outputs" / "benchmarks-smoke"
+SMOKE = dict(batch=4, nfe=[3], repeat=1, results=SMOKE_RESULTS)  # --smoke: seconds, never the committed results
 
 
 def timed(fn, repeat: int) -> float:
@@ -36,19 +41,32 @@ def timed(fn, repeat: int) -> float:
     return (time.perf_counter() - started) / repeat
 
 
-def main():
+def parse_args(parser, argv):
+    """``--smoke`` swaps the defaults for ``SMOKE``'s (options given on the command line still win),
+    and a smoke run never writes into the committed results."""
+    if parser.parse_known_args(argv)[0].smoke:
+        parser.set_defaults(**SMOKE)
+    args = parser.parse_args(argv)
+    if args.smoke and args.results.resolve() == RESULTS.resolve():
+        parser.error(f"--smoke does not write into {RESULTS}: give --results another folder")
+    return args
+
+
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="ddpm_mnist")
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--nfe", nargs="+", type=int, default=[10, 20])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--device", default="cpu", help="auto (cuda > mps > cpu), cpu, cuda, mps")
-    args = parser.parse_args()
+    parser.add_argument("--results", type=Path, default=RESULTS, help="folder of the results file")
+    parser.add_argument("--smoke", action="store_true", help="a seconds-long run of the same code (see SMOKE)")
+    args = parse_args(parser, argv)
 
     device = pick_device(args.device)
-    model = load_pretrained(args.model, UNet, device=device)
-    x = torch.randn(args.batch, model.in_channels, model.image_size, model.image_size, device=device)
-    t = torch.full((args.batch,), model.num_train_steps // 2, device=device)
+    model = load_pretrained(args.model, device=device)
+    x = torch.randn(args.batch, *model.sample_shape, device=device)
+    t = torch.full((args.batch,), model.config.num_train_steps // 2, device=device)
     with torch.no_grad():
         per_call = timed(lambda: model(x, t), args.repeat)
     results = {"model": args.model, "batch": args.batch, "hardware": hardware_description(device),
@@ -65,7 +83,9 @@ def main():
                        seconds=round(seconds, 3), images_per_s=round(args.batch / seconds, 1))
             results["rows"].append(row)
             print(f"{sampler:16s} NFE {row['nfe']:4d}  {row['images_per_s']:8.1f} images/s")
-    write_json_atomic(results, RESULTS / f"sampling_speed_{args.model}_{device.type}.json")
+    if args.smoke:
+        results["smoke"] = True
+    write_json_atomic(results, args.results / f"sampling_speed_{args.model}_{device.type}.json")
 
 
 if __name__ == "__main__":

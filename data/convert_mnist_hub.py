@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from minidiff.data import write_idx
+from minidiff.datasets.mnist import write_idx
 
 
 def main(pkl_path, out_dir):

@@ -4,37 +4,40 @@ import inspect
 import json
 import sys
 
-from .download import DataError
+from minidiff.diffusion.samplers import SAMPLERS
+from minidiff.files import DataError
 
 
 def cmd_demo(args):
-    from .demo import make_demo
+    from minidiff.course.demo import make_demo
     print(f"wrote {make_demo(args.out)}")
 
 
 def cmd_train(args):
-    from .recipes import RECIPES
+    from minidiff.course.recipes.catalog import RECIPES
     if args.recipe not in RECIPES:
         sys.exit(f"unknown recipe {args.recipe!r}; available: {', '.join(sorted(RECIPES))}")
+    recipe = RECIPES[args.recipe]
     options = {"fast": args.fast, "device": args.device}
     if args.steps is not None:
-        if "steps" not in inspect.signature(RECIPES[args.recipe]).parameters:
+        if "steps" not in inspect.signature(recipe).parameters:
             sys.exit(f"recipe {args.recipe!r} has a fixed length; --steps is for the diffusion recipes")
         options["steps"] = args.steps
-    print(json.dumps(RECIPES[args.recipe](**options), indent=2))
+    print(json.dumps(recipe(**options), indent=2))
 
 
 def cmd_sample(args):
-    from .generators import DIFFUSION_SOURCES, GENERATORS, save_samples
-    if args.source not in GENERATORS:
-        sys.exit(f"unknown source {args.source!r}; available: {', '.join(sorted(GENERATORS))}")
+    from minidiff.course.generators import diffusion_sources, save_samples, sources
+    available = sources()
+    if args.source not in available:
+        sys.exit(f"unknown source {args.source!r}; available: {', '.join(sorted(available))}")
     options = {key: value for key, value in [("sampler", args.sampler), ("steps", args.steps),
                                              ("guidance_scale", args.guidance)] if value is not None}
-    if options and args.source not in DIFFUSION_SOURCES:
-        sys.exit(f"--sampler, --steps and --guidance are for diffusion models ({', '.join(DIFFUSION_SOURCES)}), "
+    if options and args.source not in diffusion_sources():
+        sys.exit(f"--sampler, --steps and --guidance are for diffusion models ({', '.join(diffusion_sources())}), "
                  f"not {args.source!r}")
     try:
-        images, labels = GENERATORS[args.source](args.n, args.seed, **options)
+        images, labels = available[args.source](args.n, args.seed, **options)
     except ValueError as err:  # e.g. an unknown sampler name, with the list to choose from
         sys.exit(f"error: {err}")
     for path in save_samples(images, labels, args.out):
@@ -42,8 +45,8 @@ def cmd_sample(args):
 
 
 def cmd_evaluate(args):
-    from .metrics import PROTOCOL_SAMPLES, evaluate_samples, real_vs_real_fid
-    from .generators import load_samples
+    from minidiff.course.generators import load_samples
+    from minidiff.metrics import PROTOCOL_SAMPLES, evaluate_samples, real_vs_real_fid
     if args.samples is None:
         print(f"real-vs-real classifier-FID ({PROTOCOL_SAMPLES} train digits vs the test set): "
               f"{real_vs_real_fid():.4f}")
@@ -53,9 +56,9 @@ def cmd_evaluate(args):
 
 
 def cmd_data(args):
-    from .cifar10 import fetch_cifar10
-    from .coco import build_coco_subset, fetch_coco
-    from .data import fetch_fashion_mnist
+    from minidiff.datasets.cifar10 import fetch_cifar10
+    from minidiff.datasets.coco import build_coco_subset, fetch_coco
+    from minidiff.datasets.mnist import fetch_fashion_mnist
     fetchers = {"fashion-mnist": fetch_fashion_mnist, "cifar10": fetch_cifar10,
                 "coco": lambda: build_coco_subset(*fetch_coco(), size=64)}
     print(f"ready: {fetchers[args.dataset]()}")
@@ -83,8 +86,8 @@ def main(argv=None):
     p.add_argument("-n", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="outputs/samples.png")
-    p.add_argument("--sampler", help="diffusion models only: ddpm, ddim, euler, euler_ancestral, heun, "
-                                     "dpmpp_2m (default) or dpmpp_2m_sde")
+    p.add_argument("--sampler", help="diffusion models only (default dpmpp_2m): " + "; ".join(
+        f"{name}: {info.summary}" for name, info in SAMPLERS.items()))
     p.add_argument("--steps", type=int, help="diffusion models only: number of sampling steps (default 20)")
     p.add_argument("--guidance", type=float, help="class-conditional diffusion: guidance scale (default 3)")
     p.set_defaults(run=cmd_sample)

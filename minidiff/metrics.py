@@ -20,9 +20,9 @@ from functools import lru_cache
 import numpy as np
 import torch
 
-from .checkpoints import load_pretrained
-from .classifier import MNISTClassifier, predict
-from .data import load_mnist, to_tensor
+from minidiff.datasets.mnist import load_mnist, to_tensor
+from minidiff.models.classifier import MNISTClassifier, predict
+from minidiff.weights import load_pretrained
 
 PROTOCOL_SAMPLES = 2000
 PROTOCOL_SEED = 0
@@ -51,7 +51,7 @@ def gaussian_stats(features: torch.Tensor):
 @lru_cache(maxsize=1)
 def load_classifier() -> MNISTClassifier:
     """The shipped judge (hash- and config-checked)."""
-    return load_pretrained(CLASSIFIER, MNISTClassifier)
+    return load_pretrained(CLASSIFIER)
 
 
 @lru_cache(maxsize=4)

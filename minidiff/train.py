@@ -28,8 +28,6 @@ like (``model.encode``, ``model.generator(...)``) and GAN parts leave some param
 """
 import contextlib
 import copy
-import dataclasses
-import json
 import math
 import os
 import random
@@ -43,8 +41,16 @@ import torch.distributed as dist
 from torch.utils.data import Dataset, TensorDataset, default_collate
 from tqdm.auto import tqdm
 
-from minidiff.checkpoints import (hardware_description, load_checkpoint, load_optimizer_state, log_segment,
-                                  optimizer_state, rng_state, save_checkpoint, set_rng_state)
+from minidiff.devices import hardware_description, pick_device
+from minidiff.resume import (
+    check_same_recipe,
+    load_checkpoint,
+    log_segment,
+    restore_training_state,
+    rng_state,
+    save_training_state,
+    set_rng_state,
+)
 
 
 @dataclass
@@ -84,17 +90,6 @@ class TrainResult:
     wall_time_s: float = 0.0                     # including time before a resume
     steps: int = 0
     segments: list = field(default_factory=list)  # where the steps ran: see describe_segments
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    """``"auto"`` picks the fastest available: CUDA, then Apple's MPS, then CPU."""
-    if name != "auto":
-        return torch.device(name)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
 
 
 # ----------------------------------------------------------------------------- schedule and EMA
@@ -165,6 +160,8 @@ def batch_indices(step: int, n: int, batch_size: int, seed: int) -> torch.Tensor
 def _fetch(data, indices: torch.Tensor):
     if isinstance(data, torch.Tensor):
         return data[indices]
+    if hasattr(data, "take"):  # e.g. ConditionedImages: a mapping of tensors, gathered at once
+        return data.take(indices)
     if isinstance(data, TensorDataset):  # data in memory (MNIST): one gather per tensor, no Python loop
         return tuple(t[indices] for t in data.tensors)
     return default_collate([data[i] for i in indices.tolist()])
@@ -202,72 +199,6 @@ def _all_reduce_mean(tensors: list[torch.Tensor]) -> None:
     flat /= dist.get_world_size()
     for t, f in zip(tensors, flat.split([t.numel() for t in tensors])):
         t.copy_(f.view_as(t))
-
-
-def _gather(tensor: torch.Tensor, device) -> list[torch.Tensor]:
-    """Every rank's copy of ``tensor`` (same shape on all ranks), on the CPU."""
-    parts = [torch.empty_like(tensor, device=device) for _ in range(dist.get_world_size())]
-    dist.all_gather(parts, tensor.to(device))
-    return [p.cpu() for p in parts]
-
-
-# ----------------------------------------------------------------------------- checkpoints
-
-def _rng_tensors(device, world: int) -> tuple[dict, dict]:
-    """RNG states to save. Under DDP each rank draws its own noise, so every rank's torch states are
-    gathered; Python's and NumPy's come from rank 0 (loss functions should use torch's RNG)."""
-    tensors, state = rng_state(device)
-    if world == 1:
-        return {f"rng.0.{k}": v for k, v in tensors.items()}, state
-    return {f"rng.{r}.{k}": v for k, t in tensors.items() for r, v in enumerate(_gather(t, device))}, state
-
-
-def _save(config, step, model, ema, optimizers, history, wall_time_s, segments, device, rank, world):
-    tensors, rng = _rng_tensors(device, world)  # a collective: every rank takes part
-    if rank != 0:
-        return
-    tensors.update({f"model.{k}": v for k, v in model.state_dict().items()})
-    if ema is not None:
-        tensors.update({f"ema.{k}": v for k, v in ema.state_dict().items()})
-    saved_optimizers = {}
-    for name, optimizer in optimizers.items():
-        optimizer_tensors, saved_optimizers[name] = optimizer_state(optimizer, f"optimizer.{name}")
-        tensors.update(optimizer_tensors)
-    # the schedule needs no state of its own: the learning rate is lr_at(step)
-    state = {"config": dataclasses.asdict(config), "optimizers": saved_optimizers, "rng": rng,
-             "history": history, "wall_time_s": wall_time_s, "segments": segments}
-    save_checkpoint(config.out_dir, step, tensors, state)
-
-
-# settings a resumed run may change: how long to train, and how it reports and saves progress
-RESUMABLE_CHANGES = {"steps", "device", "log_every", "checkpoint_every", "out_dir", "progress"}
-
-
-def _check_same_recipe(saved: dict, config: TrainConfig) -> None:
-    """Refuse to resume a checkpoint that was trained with other settings (a changed recipe)."""
-    now = json.loads(json.dumps(dataclasses.asdict(config)))
-    changed = sorted(k for k in now.keys() - RESUMABLE_CHANGES if saved.get(k) != now[k])
-    if changed:
-        details = ", ".join(f"{k}: {saved.get(k)!r} → {now[k]!r}" for k in changed)
-        raise ValueError(f"{config.out_dir} holds a checkpoint trained with other settings ({details}). "
-                         f"Delete that folder to start afresh, or resume with the settings it was made with.")
-
-
-def _restore(checkpoint, model, ema, optimizers, device, rank) -> tuple[int, list, float, list]:
-    tensors, state = checkpoint
-
-    def prefixed(prefix):
-        return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-
-    model.load_state_dict(prefixed("model."))
-    if ema is not None:
-        ema.load_state_dict(prefixed("ema."))
-    for name, optimizer in optimizers.items():
-        load_optimizer_state(optimizer, tensors, state["optimizers"][name], f"optimizer.{name}")
-    rng = prefixed(f"rng.{rank}.") or prefixed("rng.0.")  # a different world size resumes inexactly
-    set_rng_state(rng, state["rng"], device)
-    unrecorded = [{"steps": [1, state["step"]], "hardware": "not recorded", "wall_time_s": state["wall_time_s"]}]
-    return state["step"], state["history"], state["wall_time_s"], state.get("segments", unrecorded)
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -344,8 +275,9 @@ def train(model, loss_fn, data: Dataset | torch.Tensor, config: TrainConfig | No
     start, history, previous_time, segments = 0, [], 0.0, []
     checkpoint = load_checkpoint(config.out_dir) if resume and config.out_dir else None
     if checkpoint is not None:
-        _check_same_recipe(checkpoint[1]["config"], config)
-        start, history, previous_time, segments = _restore(checkpoint, model, ema, optimizers, device, rank)
+        check_same_recipe(checkpoint[1]["config"], config)
+        start, history, previous_time, segments = restore_training_state(checkpoint, model, ema, optimizers,
+                                                                         device, rank)
 
     n = len(data)
     bf16 = device.type == "cuda" and config.bf16
@@ -393,7 +325,7 @@ def train(model, loss_fn, data: Dataset | torch.Tensor, config: TrainConfig | No
         wall_time_s = previous_time + time.perf_counter() - run_start
         periodic = config.checkpoint_every and done % config.checkpoint_every == 0
         if config.out_dir and (periodic or done == config.steps):
-            _save(config, done, model, ema, optimizers, history, wall_time_s,
+            save_training_state(config, done, model, ema, optimizers, history, wall_time_s,
                   log_segment(segments, start + 1, done, hardware, wall_time_s - previous_time),
                   device, rank, world)
         if rank == 0:

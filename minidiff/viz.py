@@ -5,7 +5,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from .data import to_uint8
+from minidiff.datasets.mnist import to_uint8
 
 
 def image_grid(images, ncols: int = 8, pad: int = 2, pad_value: int = 255) -> np.ndarray:
@@ -42,8 +42,8 @@ def draw_unet(model, ax=None):
     one coming back up (decoder), a bridge (skip connection) on every floor. Each floor is labelled
     with its feature maps (positions × positions × channels), read from ``model.config``."""
     config = model.config
-    channels, attention, patch = config["channels"], config["attention"], config["patch_size"]
-    size = config["image_size"] // patch
+    channels, attention, patch = config.channels, config.attention, config.patch_size
+    size = config.image_size // patch
     if ax is None:
         _, ax = plt.subplots(figsize=(9, 1.2 + 1.1 * len(channels)))
     for level, (c, attend) in enumerate(zip(channels, attention)):
@@ -61,11 +61,11 @@ def draw_unet(model, ax=None):
     ax.text(4.5, bottom, f"middle: {low}×{low}×{channels[-1]} + attention", ha="center", va="center", fontsize=9)
     for x, start, end in ((-0.25, 0.4, bottom + 0.4), (9.25, bottom + 0.4, 0.4)):  # down the left, up the right
         ax.annotate("", xy=(x, end), xytext=(x, start), arrowprops=dict(arrowstyle="->", alpha=0.4, lw=2))
-    entry = f"x_t {config['image_size']}×{config['image_size']}×{config['in_channels']}"
+    entry = f"x_t {config.image_size}×{config.image_size}×{config.in_channels}"
     if patch > 1:
-        entry += f"\n→ {patch}×{patch} patches: {size}×{size}×{config['in_channels'] * patch ** 2}"
+        entry += f"\n→ {patch}×{patch} patches: {size}×{size}×{config.in_channels * patch ** 2}"
     ax.text(1.5, 0.75, entry, ha="center", fontsize=9)
-    ax.text(7.5, 0.75, f"prediction ({config['prediction_type']})", ha="center", fontsize=9)
+    ax.text(7.5, 0.75, f"prediction ({config.prediction_type})", ha="center", fontsize=9)
     ax.set_xlim(-0.6, 9.6)
     ax.set_ylim(bottom - 0.8, 1.4)
     ax.set_axis_off()

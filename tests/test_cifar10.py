@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from minidiff import cifar10
-from minidiff.cifar10 import CIFAR10, CLASSES, fetch_cifar10, load_cifar10
-from minidiff.download import DataError, extract
+from minidiff.datasets import cifar10
+from minidiff.datasets.cifar10 import CIFAR10, CLASSES, fetch_cifar10, load_cifar10
+from minidiff.files import DataError, extract
 
 PER_FILE = 7  # the real files hold 10,000
 NAMES = [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]

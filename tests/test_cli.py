@@ -6,10 +6,11 @@ import torch
 from PIL import Image
 
 from minidiff.__main__ import main
-from minidiff.download import DataError
-from minidiff.generators import GENERATORS, load_samples, save_samples
+from minidiff.course.generators import load_samples, save_samples, sources
+from minidiff.files import DataError
 
 
+@pytest.mark.slow
 def test_sample_then_evaluate_real_digits(tmp_path, capsys):
     main(["sample", "mnist", "-n", "400", "--seed", "3", "--out", str(tmp_path / "s.png")])
     assert Image.open(tmp_path / "s.png").size[0] > 20 * 28
@@ -23,9 +24,9 @@ def test_sample_then_evaluate_real_digits(tmp_path, capsys):
 
 def test_generators_are_seeded():
     for name in ("mnist", "shapes"):
-        a, _ = GENERATORS[name](4, 1)
-        b, _ = GENERATORS[name](4, 1)
-        c, _ = GENERATORS[name](4, 2)
+        a, _ = sources()[name](4, 1)
+        b, _ = sources()[name](4, 1)
+        c, _ = sources()[name](4, 2)
         assert torch.equal(a, b) and not torch.equal(a, c)
 
 
@@ -48,12 +49,14 @@ def test_cli_turns_data_errors_into_one_line(tmp_path, monkeypatch):
         main(["train", "nonexistent"])
 
 
+@pytest.mark.slow
 def test_demo_sheet(tmp_path):
-    from minidiff.demo import PANELS, make_demo
+    from minidiff.course.demo import PANELS, make_demo
     path = make_demo(tmp_path / "demo.png")
     picture = np.asarray(Image.open(path))
     assert picture.shape[1] > 800 and picture.shape[0] > 100 * len(PANELS)
-    assert not list(tmp_path.glob("partial-*"))
+    leftovers = list(tmp_path.glob(".*.tmp"))  # write_atomic's temporary files: ".demo.png.<random>.tmp"
+    assert not leftovers, leftovers
 
 
 def test_shipped_generative_models_can_be_sampled_and_scored(tmp_path, capsys):
@@ -62,8 +65,8 @@ def test_shipped_generative_models_can_be_sampled_and_scored(tmp_path, capsys):
     main(["evaluate", str(tmp_path / "vae.safetensors")])
     report = json.loads(capsys.readouterr().out)
     assert report["n"] == 300 and report["fid"] < 500 and min(report["class_histogram"]) > 0
-    images, _ = GENERATORS["dcgan_mnist"](8, 0)
-    assert images.shape == (8, 1, 28, 28) and torch.equal(images, GENERATORS["dcgan_mnist"](8, 0)[0])
+    images, _ = sources()["dcgan_mnist"](8, 0)
+    assert images.shape == (8, 1, 28, 28) and torch.equal(images, sources()["dcgan_mnist"](8, 0)[0])
 
 
 def test_diffusion_models_sample_with_any_sampler(tmp_path):
@@ -88,7 +91,7 @@ def test_a_diffusion_run_is_the_start_of_every_longer_one():
     rate after warm-up), so ``--steps`` can extend a finished run by resuming it."""
     from dataclasses import asdict
 
-    from minidiff.recipes import ddpm_mnist_config
+    from minidiff.course.recipes.ddpm import ddpm_mnist_config
     from minidiff.train import lr_at
     short, long = ddpm_mnist_config(3000, False, None), ddpm_mnist_config(9000, False, None)
     assert {k: v for k, v in asdict(short).items() if k != "steps"} == \

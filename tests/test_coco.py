@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from minidiff import coco
-from minidiff.coco import COCOCaptions, build_coco_subset, fetch_coco, load_coco_subset
-from minidiff.download import DataError
+from minidiff.datasets import coco
+from minidiff.datasets.coco import COCOCaptions, build_coco_subset, fetch_coco, load_coco_subset
+from minidiff.files import DataError
 
 COLOURS = {"red": (255, 0, 0), "green": (0, 160, 0), "blue": (0, 0, 255), "white": (255, 255, 255),
            "yellow": (255, 255, 0)}

@@ -4,8 +4,8 @@ import math
 import pytest
 import torch
 
-from minidiff import schedules
-from minidiff.diffusion import PREDICTION_TYPES, convert_prediction, diffusion_loss, loss_weight, q_sample, q_step
+from minidiff.diffusion import schedules
+from minidiff.diffusion.loss import PREDICTION_TYPES, convert_prediction, diffusion_loss, loss_weight, q_sample, q_step
 
 T = 1000
 
@@ -44,9 +44,12 @@ def test_sigma_snr_conversions_round_trip():
     assert torch.allclose(schedules.snr(alphas_cumprod), sigmas ** -2)
     assert torch.allclose(schedules.log_snr(alphas_cumprod), schedules.snr(alphas_cumprod).log())
     t = torch.tensor([0, 17, 500, 999])
-    assert torch.allclose(schedules.timestep_from_sigma(sigmas[t], alphas_cumprod), t.double())
+    assert torch.allclose(schedules.timestep_from_sigma(sigmas[t], sigmas.log()), t.double())
     halfway = (sigmas[17].log() + sigmas[18].log()) / 2
-    assert schedules.timestep_from_sigma(halfway.exp(), alphas_cumprod).item() == pytest.approx(17.5)
+    assert schedules.timestep_from_sigma(halfway.exp(), sigmas.log()).item() == pytest.approx(17.5)
+    schedule = schedules.NoiseSchedule("cosine", T)  # the model's float32 copy finds the same steps
+    assert torch.allclose(schedule.timestep(sigmas[t].float()), t.float(), atol=1e-3)
+    assert torch.allclose(schedule.sigmas, sigmas, rtol=1e-6)
 
 
 def mixture_data(n, generator):
@@ -147,20 +150,27 @@ def test_min_snr_weighting_is_the_same_loss_for_every_prediction_type():
         assert torch.allclose(loss_weight(snr_t, kind) * error, snr_t.clamp(max=5) * x0_error)
 
 
-def test_label_dropout_swaps_in_the_null_label():
+def test_condition_dropout_swaps_in_the_unconditional_twin_for_every_key_at_once():
     seen = []
 
-    def model(x_t, t, labels):
-        seen.append(labels.clone())
+    def model(x_t, t, cond):
+        seen.append({k: v.clone() for k, v in cond.items()})
         return torch.zeros_like(x_t)
     torch.manual_seed(0)
-    labels = torch.randint(0, 10, (10_000,))
-    diffusion_loss(model, torch.zeros(10_000, 1, 2, 2), schedules.linear_schedule(T), labels=labels,
-                   label_dropout=0.2, null_label=10)
-    dropped = (seen[0] == 10).float().mean().item()
-    assert dropped == pytest.approx(0.2, abs=0.02)
-    kept = seen[0] != 10
-    assert torch.equal(seen[0][kept], labels[kept])
+    n = 10_000
+    labels, context = torch.randint(0, 10, (n,)), torch.randn(n, 3, 4)
+    empty = torch.zeros(1, 3, 4)  # one row serves every dropped example (the empty prompt)
+    diffusion_loss(model, torch.zeros(n, 1, 2, 2), schedules.linear_schedule(T),
+                   cond={"labels": labels, "context": context},
+                   uncond={"labels": torch.full((n,), 10), "context": empty}, cond_dropout=0.2)
+    dropped = seen[0]["labels"] == 10
+    assert dropped.float().mean().item() == pytest.approx(0.2, abs=0.02)
+    assert torch.equal(seen[0]["labels"][~dropped], labels[~dropped])
+    assert torch.equal(seen[0]["context"][~dropped], context[~dropped])
+    assert (seen[0]["context"][dropped] == 0).all()  # the same examples lose their context
+    with pytest.raises(ValueError, match="same keys"):
+        diffusion_loss(model, torch.zeros(4, 1, 2, 2), schedules.linear_schedule(T), cond={"labels": labels[:4]},
+                       uncond={}, cond_dropout=0.5)
 
 
 def test_bad_prediction_type_is_a_clear_error():

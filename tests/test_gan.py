@@ -6,18 +6,26 @@ import pytest
 import torch
 import torch.nn as nn
 
-from minidiff.checkpoints import load_pretrained, read_manifest
-from minidiff.data import mnist_dataset
-from minidiff.gan import (GAN, discriminator_loss, gan_loss, gan_parts, generator_loss, make_gan_loss,
-                          r1_penalty)
+from minidiff.datasets.mnist import mnist_dataset
 from minidiff.metrics import PROTOCOL_SEED, evaluate_samples
+from minidiff.models.gan import (
+    GAN,
+    GANConfig,
+    discriminator_loss,
+    gan_loss,
+    gan_parts,
+    generator_loss,
+    make_gan_loss,
+    r1_penalty,
+)
 from minidiff.train import TrainConfig, train
+from minidiff.weights import load_pretrained, read_manifest
 
 QUALITY_SAMPLES = 500
 
 
 def test_generator_and_discriminator_shapes():
-    model = GAN(z_dim=8, g_channels=4, d_channels=4)
+    model = GAN(GANConfig(z_dim=8, g_channels=4, d_channels=4))
     images = model.generator(torch.randn(5, 8))
     assert images.shape == (5, 1, 28, 28)
     assert images.min() >= -1 and images.max() <= 1
@@ -26,17 +34,17 @@ def test_generator_and_discriminator_shapes():
 
 
 def test_wrong_shapes_are_explained():
-    model = GAN(z_dim=8, g_channels=4, d_channels=4)
+    model = GAN(GANConfig(z_dim=8, g_channels=4, d_channels=4))
     with pytest.raises(ValueError, match=r"\(B, 1, 28, 28\)"):
         model.discriminator(torch.zeros(2, 1, 32, 32))
     with pytest.raises(ValueError, match=r"\(B, 8\)"):
         model.generator(torch.zeros(2, 16))
     with pytest.raises(ValueError, match="'batch' or 'none'"):
-        GAN(g_norm="layer")
+        GAN(GANConfig(g_norm="layer"))
 
 
 def test_sampling_is_reproducible_with_a_seed():
-    model = GAN(z_dim=8, g_channels=4, d_channels=4)
+    model = GAN(GANConfig(z_dim=8, g_channels=4, d_channels=4))
     a, b = (model.sample(4, torch.Generator().manual_seed(3)) for _ in range(2))
     assert torch.equal(a, b)
 
@@ -84,7 +92,7 @@ def _digits(n=64):
 
 
 def test_discriminator_loss_only_reaches_the_discriminator():
-    model = GAN(z_dim=8, g_channels=4, d_channels=4)
+    model = GAN(GANConfig(z_dim=8, g_channels=4, d_channels=4))
     out = gan_loss(model, _digits(8).tensors, "discriminator", r1_gamma=1.0)
     out["loss"].backward()
     assert all(p.grad is None for p in model.generator.parameters())
@@ -96,7 +104,7 @@ def test_discriminator_loss_only_reaches_the_discriminator():
 def test_each_trainer_part_updates_only_its_own_parameters(frozen):
     """One two-part step with the other part's learning rate 0: the frozen part's weights stay put."""
     torch.manual_seed(0)
-    model = GAN(z_dim=8, g_channels=4, d_channels=4)
+    model = GAN(GANConfig(z_dim=8, g_channels=4, d_channels=4))
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     lr = {"discriminator": 1e-2, "generator": 1e-2, frozen: 0.0}
     train(model, make_gan_loss(r1_gamma=1.0), _digits(), TrainConfig(
@@ -108,7 +116,7 @@ def test_each_trainer_part_updates_only_its_own_parameters(frozen):
 
 def test_discriminator_learns_to_reject_a_frozen_generator():
     torch.manual_seed(0)
-    model = GAN(z_dim=8, g_channels=4, d_channels=8)
+    model = GAN(GANConfig(z_dim=8, g_channels=4, d_channels=8))
     loss_fn = make_gan_loss()
     result = train(model, loss_fn, _digits(), TrainConfig(
         steps=30, batch_size=64, lr=2e-3, warmup_steps=1, ema_decay=None, log_every=1, device="cpu",
@@ -125,7 +133,7 @@ def shipped():
     """name -> (model, measurements on QUALITY_SAMPLES samples with the protocol seed)."""
     out = {}
     for name in ("dcgan_mnist", "dcgan_mnist_collapse"):
-        model = load_pretrained(name, GAN)  # checks sha256 and config
+        model = load_pretrained(name)  # checks sha256 and config
         samples = model.sample(QUALITY_SAMPLES, torch.Generator().manual_seed(PROTOCOL_SEED))
         out[name] = evaluate_samples(samples)
     return out

@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from minidiff import metrics
-from minidiff.data import load_mnist, to_tensor
-from minidiff.solutions import mosaic
+from minidiff.course.solutions import mosaic
+from minidiff.datasets.mnist import load_mnist, to_tensor
 
 
 def test_frechet_distance_of_1d_gaussians_is_the_closed_form():
@@ -37,6 +37,7 @@ def real_digits():
     return to_tensor(images[np.random.default_rng(0).choice(len(images), 500, replace=False)])
 
 
+@pytest.mark.slow
 def test_shipped_classifier_reaches_99_percent():
     images, labels = load_mnist("test")
     report = metrics.evaluate_samples(to_tensor(images), labels)
@@ -45,7 +46,7 @@ def test_shipped_classifier_reaches_99_percent():
 
 
 def test_real_vs_real_matches_the_manifest():
-    from minidiff.checkpoints import read_manifest
+    from minidiff.weights import read_manifest
     recorded = read_manifest()["mnist_classifier"]["metrics"]["real_vs_real_fid"]
     assert metrics.real_vs_real_fid() == pytest.approx(recorded, rel=1e-3)
 

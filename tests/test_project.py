@@ -3,10 +3,10 @@ import json
 import re
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = sorted((ROOT / "chapters").glob("*.ipynb"))
@@ -71,3 +71,42 @@ def test_readme_starts_with_the_two_commands():
 
 def test_ci_runs_the_readme_test_command():
     assert "make test" in (ROOT / ".ci" / "run").read_text()
+
+
+LAYERS = {  # a module may import from its own layer and the ones below, never from above
+    "files": 0, "registry": 0, "devices": 0, "__init__": 0,
+    "datasets": 1, "diffusion": 1,
+    "models": 2,
+    "train": 3, "resume": 3, "weights": 3, "metrics": 3, "viz": 3,
+    "course": 4,
+    "__main__": 5,
+}
+
+
+def layer(module: str) -> int:
+    """The layer of ``minidiff.<part>…``: by its subpackage, or by the top-level module's name."""
+    return LAYERS[module.split(".")[1] if "." in module else "__init__"]
+
+
+def test_imports_only_run_downwards_and_every_subpackage_init_is_empty():
+    import ast
+    package = ROOT / "minidiff"
+    modules = sorted(package.rglob("*.py"))
+    assert {p.relative_to(package).parts[0].removesuffix(".py") for p in modules} == set(LAYERS)
+    for path in modules:
+        name = "minidiff." + ".".join(path.relative_to(package).with_suffix("").parts)
+        if path.name == "__init__.py":
+            assert path.parent == package or not path.read_text().strip(), f"{path} is not empty"
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                assert node.level == 0, f"{name}: use absolute imports (from minidiff.… import …)"
+                targets = [node.module] if node.module.split(".")[0] == "minidiff" else []
+                if node.module == "minidiff":
+                    targets = [f"minidiff.{alias.name}" for alias in node.names]
+            elif isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names if alias.name.split(".")[0] == "minidiff"]
+            else:
+                continue
+            for target in targets:
+                assert layer(target) <= layer(name), f"{name} imports {target}, which sits above it"

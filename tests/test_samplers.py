@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from minidiff import samplers, schedules
-from minidiff.diffusion import PREDICTION_TYPES, convert_prediction
+from minidiff.diffusion import samplers, schedules
 
 MEAN = torch.tensor([0.5, -1.0], dtype=torch.float64)
 COV = torch.tensor([[1.0, 0.6], [0.6, 0.5]], dtype=torch.float64)
@@ -41,30 +40,63 @@ def start(n, dim, sigma_max, seed=0):
     return torch.randn(n, dim, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) * sigma_max
 
 
+def train_sigmas(schedule):
+    return schedules.sigmas_from_alphas_cumprod(schedule(1000))
+
+
 KARRAS = samplers.sigmas_karras(40, 0.002, 80.0)
-CASES = {  # name -> (sampler call, sigmas)
-    "euler": (samplers.sample_euler, samplers.sigmas_karras(200, 0.002, 80.0)),
-    "heun": (samplers.sample_heun, KARRAS),
-    "dpmpp_2m": (samplers.sample_dpmpp_2m, KARRAS),
-    "dpmpp_2m_sde": (samplers.sample_dpmpp_2m_sde, samplers.sigmas_karras(100, 0.002, 80.0)),  # noisy: more steps
-    "ddim": (samplers.sample_ddim, samplers.sigmas_uniform_t(schedules.cosine_schedule(1000), 100)),
-    "euler_ancestral": (samplers.sample_euler_ancestral, samplers.sigmas_karras(800, 0.002, 80.0)),  # 1st order, noisy
-    "ddpm": (samplers.sample_ddpm, samplers.sigmas_uniform_t(schedules.linear_schedule(1000), 1000)),
+SIGMAS = {  # name -> the σ's its closed-form tests run on (the noisier, lower-order samplers get more steps)
+    "euler": samplers.sigmas_karras(200, 0.002, 80.0),
+    "heun": KARRAS,
+    "dpmpp_2m": KARRAS,
+    "dpmpp_2m_sde": samplers.sigmas_karras(100, 0.002, 80.0),
+    "ddim": samplers.sigmas_uniform_t(train_sigmas(schedules.cosine_schedule), 100),
+    "euler_ancestral": samplers.sigmas_karras(800, 0.002, 80.0),
+    "ddpm": samplers.sigmas_uniform_t(train_sigmas(schedules.linear_schedule), 1000),
 }
 
 
-@pytest.mark.parametrize("name", list(CASES))
+def run(name, denoiser, x, sigmas, seed=0, **options):
+    """Every sampler through the uniform signature of the ``SAMPLERS`` table."""
+    return samplers.SAMPLERS[name].fn(denoiser, x, sigmas, generator=torch.Generator().manual_seed(seed), **options)
+
+
+def test_every_registered_sampler_has_closed_form_tests():
+    assert set(SIGMAS) == set(samplers.SAMPLERS)
+
+
+@pytest.mark.parametrize("name", list(samplers.SAMPLERS))
+def test_every_sampler_takes_the_uniform_signature_and_reports_each_step(name):
+    seen = []
+    sigmas = samplers.sigmas_karras(4, 0.01, 80.0)
+    x = run(name, gaussian_denoiser(), start(3, 2, 80.0), sigmas, callback=seen.append, progress=False)
+    assert x.shape == (3, 2)
+    assert [s["i"] for s in seen] == list(range(4)) and [s["sigma"] for s in seen] == sigmas[:-1].tolist()
+    assert all(set(s) >= {"i", "x", "sigma", "denoised"} and s["denoised"].shape == (3, 2) for s in seen)
+
+
+@pytest.mark.parametrize("name", list(samplers.SAMPLERS))
+def test_the_table_says_which_samplers_draw_fresh_noise(name):
+    sigmas, x = samplers.sigmas_karras(6, 0.01, 80.0), start(50, 2, 80.0)
+    same_seed = torch.equal(run(name, gaussian_denoiser(), x, sigmas, seed=1),
+                            run(name, gaussian_denoiser(), x, sigmas, seed=1))
+    other_seed = torch.equal(run(name, gaussian_denoiser(), x, sigmas, seed=1),
+                             run(name, gaussian_denoiser(), x, sigmas, seed=2))
+    assert same_seed and other_seed != samplers.SAMPLERS[name].stochastic
+
+
+@pytest.mark.parametrize("name", list(samplers.SAMPLERS))
 def test_every_sampler_reproduces_a_gaussian(name):
-    sampler, sigmas = CASES[name]
-    x = sampler(gaussian_denoiser(), start(20_000, 2, sigmas[0].item()), sigmas)
+    sigmas = SIGMAS[name]
+    x = run(name, gaussian_denoiser(), start(20_000, 2, sigmas[0].item()), sigmas)
     assert torch.allclose(x.mean(0), MEAN, atol=0.04)
     assert torch.allclose(torch.cov(x.T), COV, atol=0.05)
 
 
 @pytest.mark.parametrize("name", ["heun", "dpmpp_2m", "dpmpp_2m_sde", "ddpm"])
 def test_samplers_reproduce_a_mixture_of_gaussians(name):
-    sampler, sigmas = CASES[name]
-    x = sampler(mixture_denoiser(), start(8_000, 1, sigmas[0].item(), seed=1), sigmas).flatten()
+    sigmas = SIGMAS[name]
+    x = run(name, mixture_denoiser(), start(8_000, 1, sigmas[0].item(), seed=1), sigmas).flatten()
     assert (x < 0.25).double().mean().item() == pytest.approx(MIXTURE["weights"][0], abs=0.02)
     right = x[x > 0.25]
     assert right.mean().item() == pytest.approx(1.5, abs=0.05) and right.std().item() == pytest.approx(0.5, abs=0.05)
@@ -118,7 +150,7 @@ def test_dpmpp_2m_with_eta_zero_is_the_ode_solver_and_with_eta_one_the_sde_solve
 
 
 def test_ddim_inversion_round_trips_an_image():
-    sigmas = samplers.sigmas_uniform_t(schedules.cosine_schedule(1000), 200)
+    sigmas = samplers.sigmas_uniform_t(train_sigmas(schedules.cosine_schedule), 200)
     d = gaussian_denoiser()
     x0 = MEAN + torch.randn(50, 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64) @ \
         torch.linalg.cholesky(COV).T
@@ -146,37 +178,22 @@ def test_karras_sigmas_end_points():
 
 
 def test_uniform_t_sigmas_visit_trailing_steps():
-    alphas_cumprod = schedules.cosine_schedule(1000)
-    every = schedules.sigmas_from_alphas_cumprod(alphas_cumprod)
-    assert torch.equal(samplers.sigmas_uniform_t(alphas_cumprod, 5)[:-1], every[[999, 799, 599, 399, 199]])
-    all_steps = samplers.sigmas_uniform_t(alphas_cumprod, 1000)
+    every = train_sigmas(schedules.cosine_schedule)
+    assert torch.equal(samplers.sigmas_uniform_t(every, 5)[:-1], every[[999, 799, 599, 399, 199]])
+    all_steps = samplers.sigmas_uniform_t(every, 1000)
     assert torch.equal(all_steps[:-1], every.flip(0)) and all_steps[-1] == 0
 
 
 def test_karras_range_defaults_to_the_schedule_capped_at_80_and_can_be_moved_in():
-    alphas_cumprod = schedules.cosine_schedule(1000)
-    smallest = schedules.sigmas_from_alphas_cumprod(alphas_cumprod)[0].item()
-    default = samplers.schedule_sigmas(alphas_cumprod, 10, "karras")
-    assert default[0].item() == pytest.approx(80.0) and default[-2].item() == pytest.approx(smallest)
-    moved = samplers.schedule_sigmas(alphas_cumprod, 10, "karras", sigma_min=0.03, sigma_max=20.0, rho=4.0)
+    every = train_sigmas(schedules.cosine_schedule)
+    default = samplers.schedule_sigmas(every, 10, "karras")
+    assert default[0].item() == pytest.approx(80.0) and default[-2].item() == pytest.approx(every[0].item())
+    moved = samplers.schedule_sigmas(every, 10, "karras", sigma_min=0.03, sigma_max=20.0, rho=4.0)
     assert torch.equal(moved, samplers.sigmas_karras(10, 0.03, 20.0, 4.0))
     with pytest.raises(ValueError, match="uniform_t"):
-        samplers.schedule_sigmas(alphas_cumprod, 10, "uniform_t", sigma_max=20.0)
+        samplers.schedule_sigmas(every, 10, "uniform_t", sigma_max=20.0)
     with pytest.raises(ValueError, match="sigma_min < sigma_max"):
-        samplers.schedule_sigmas(alphas_cumprod, 10, "karras", sigma_min=30.0, sigma_max=20.0)
-
-
-def test_generate_walks_the_moved_karras_range():
-    """``generate(sigma_min=…, sigma_max=…)`` is the sampler run by hand on ``schedule_sigmas``'s range."""
-    model = tiny_unet(prediction_type="v_prediction")
-    torch.nn.init.normal_(model.head[-1].weight, std=0.1)
-    images = samplers.generate(model, 3, sampler="dpmpp_2m", num_inference_steps=6, sigma_min=0.05, sigma_max=10.0,
-                               seed=4, progress=False)
-    alphas_cumprod = schedules.make_schedule(model.schedule, model.num_train_steps)
-    sigmas = samplers.sigmas_karras(6, 0.05, 10.0)
-    denoiser = samplers.model_denoiser(model, alphas_cumprod, "v_prediction")
-    by_hand = samplers.sample_dpmpp_2m(denoiser, samplers.starting_noise(3, (1, 8, 8), 4) * 10.0, sigmas)
-    assert torch.allclose(images, by_hand.clamp(-1, 1), atol=1e-6)
+        samplers.schedule_sigmas(every, 10, "karras", sigma_min=30.0, sigma_max=20.0)
 
 
 @pytest.mark.parametrize("name", list(samplers.SAMPLERS))
@@ -190,90 +207,22 @@ def test_nfe_counts_the_network_calls(name):
         return exact(x, sigma)
     for steps in (1, 4, 7):
         calls.clear()
-        options = {"generator": torch.Generator().manual_seed(0)} if name in samplers.STOCHASTIC else {}
-        samplers.SAMPLERS[name](counting, start(4, 2, 80.0), samplers.sigmas_karras(steps, 0.002, 80.0), **options)
+        run(name, counting, start(4, 2, 80.0), samplers.sigmas_karras(steps, 0.002, 80.0))
         assert len(calls) == samplers.nfe_for_steps(name, steps)
         assert samplers.steps_for_nfe(name, samplers.nfe_for_steps(name, steps)) == steps
 
 
-class ExactModel(torch.nn.Module):
-    """A "network" that knows x_0 and answers in any prediction type at a fractional step t."""
-
-    def __init__(self, x0, alphas_cumprod, prediction_type):
-        super().__init__()
-        self.x0, self.log_sigmas, self.prediction_type = x0, schedules.sigmas_from_alphas_cumprod(
-            alphas_cumprod).log(), prediction_type
-
-    def forward(self, x_t, t, labels=None):
-        low = t.floor().long().clamp(max=len(self.log_sigmas) - 2)
-        sigma = torch.lerp(self.log_sigmas[low], self.log_sigmas[low + 1], (t - low).double()).exp()
-        alpha_bar = schedules.alphas_cumprod_from_sigmas(sigma).reshape(-1, 1, 1, 1)
-        shift = 0.0 if labels is None else labels.reshape(-1, 1, 1, 1).double()  # the "condition" moves x_0
-        x0 = self.x0.repeat(len(x_t) // len(self.x0), 1, 1, 1)  # guidance doubles the batch
-        return convert_prediction(x0 + shift, x_t, alpha_bar, "sample", self.prediction_type)
-
-
-@pytest.mark.parametrize("prediction_type", PREDICTION_TYPES)
-def test_model_denoiser_reads_every_prediction_type(prediction_type):
-    alphas_cumprod = schedules.cosine_schedule(1000)
-    x0 = torch.randn(3, 1, 4, 4, dtype=torch.float64)
-    model = ExactModel(x0, alphas_cumprod, prediction_type)
-    denoiser = samplers.model_denoiser(model, alphas_cumprod, prediction_type)
-    for sigma in (0.05, 1.3, 40.0):
-        x = x0 + sigma * torch.randn_like(x0)
-        assert torch.allclose(denoiser(x, sigma), x0, atol=1e-6)
-
-
-def test_classifier_free_guidance_extrapolates():
-    alphas_cumprod = schedules.cosine_schedule(1000)
-    x0 = torch.zeros(2, 1, 2, 2, dtype=torch.float64)
-    model = ExactModel(x0, alphas_cumprod, "epsilon")
-    labels, null = torch.tensor([1, 2]), 0  # label value = how far the condition moves x_0; null moves nothing
-    x = torch.randn_like(x0)
-    guided = samplers.model_denoiser(model, alphas_cumprod, "epsilon", labels, guidance_scale=3.0,
-                                     null_label=null)(x, 2.0)
-    assert torch.allclose(guided, 3.0 * labels.double().reshape(-1, 1, 1, 1).expand_as(x0), atol=1e-6)
-
-
-def tiny_unet(**kw):
-    from minidiff.unet import UNet
-    torch.manual_seed(0)
-    return UNet(1, 8, channels=(8, 16), attention=(False, True), num_res_blocks=1, groups=4, heads=2, **kw)
-
-
-@pytest.mark.parametrize("sampler", list(samplers.SAMPLERS))
-def test_generate_is_seeded_and_shaped(sampler):
-    model = tiny_unet(prediction_type="v_prediction")
-    torch.nn.init.normal_(model.head[-1].weight, std=0.1)
-    a = samplers.generate(model, 5, sampler=sampler, num_inference_steps=4, seed=1, progress=False)
-    b = samplers.generate(model, 5, sampler=sampler, num_inference_steps=4, seed=1, progress=False)
-    c = samplers.generate(model, 5, sampler=sampler, num_inference_steps=4, seed=2, progress=False)
-    assert a.shape == (5, 1, 8, 8) and a.abs().max() <= 1
-    assert torch.equal(a, b) and not torch.equal(a, c)
-
-
-def test_generate_deterministic_samples_do_not_depend_on_the_batch_size():
-    model = tiny_unet()
-    torch.nn.init.normal_(model.head[-1].weight, std=0.1)
-    whole = samplers.generate(model, 6, sampler="dpmpp_2m", num_inference_steps=5, progress=False)
-    pieces = samplers.generate(model, 6, sampler="dpmpp_2m", num_inference_steps=5, batch_size=4, progress=False)
-    assert torch.allclose(whole, pieces, atol=1e-5)
-
-
-def test_unet_loss_uses_labels_only_for_conditional_models():
-    from minidiff.diffusion import unet_loss
-    batch = (torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 2, 3]))
-    for model in (tiny_unet(), tiny_unet(num_classes=4, prediction_type="sample")):
-        out = unet_loss(model, batch)
-        assert out["loss"].ndim == 0 and out["loss"] > 0
-    with pytest.raises(ValueError, match="unknown sampler"):
-        samplers.generate(tiny_unet(), 1, sampler="plms")
+def test_default_spacing_and_unknown_samplers():
+    assert samplers.default_spacing("ddim", 50) == "uniform_t" and samplers.default_spacing("dpmpp_2m", 10) == "karras"
+    assert samplers.default_spacing("dpmpp_2m", 5) == "uniform_t" and samplers.default_spacing("heun", 5) == "karras"
+    with pytest.raises(ValueError, match="unknown sampler 'plms'; choose one of ddpm, ddim"):
+        samplers.default_spacing("plms", 10)
 
 
 def test_the_exercises_ddim_step_in_t_space_is_the_samplers_step_in_sigma_space():
     """Chapter 06 writes DDIM in DDPM's variables (x_t, ε); the library works with x = x_t/√ᾱ_t and σ.
     One step of each, from t = 600 to 300 with the same ε̂, must land on the same image."""
-    from minidiff import solutions
+    from minidiff.course import solutions
     alphas_cumprod = schedules.cosine_schedule(1000).double()
     g = torch.Generator().manual_seed(0)
     x_t, epsilon = (torch.randn(4, 1, 3, 3, generator=g, dtype=torch.float64) for _ in range(2))

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from minidiff.shapes import COLORS, POSITIONS, SHAPES, SIZES, ShapesDataset, caption, make_shapes
+from minidiff.datasets.shapes import COLORS, POSITIONS, SHAPES, SIZES, ShapesDataset, caption, make_shapes
 
 
 @pytest.fixture(scope="module")

@@ -6,10 +6,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from minidiff.checkpoints import load_pretrained, read_manifest
+from minidiff.diffusion.pipeline import generate
 from minidiff.metrics import PROTOCOL_SEED, evaluate_samples, real_vs_real_fid
-from minidiff.samplers import generate
-from minidiff.unet import UNet
+from minidiff.weights import load_pretrained, read_manifest
 
 QUALITY_SAMPLES = 500
 RESULTS = Path(__file__).parent.parent / "benchmarks" / "results"
@@ -27,27 +26,30 @@ FEW_STEP_RATIO_BOUND = 1.15
 
 @pytest.fixture(scope="module")
 def unconditional():
-    model = load_pretrained("ddpm_mnist", UNet)  # checks sha256 and config
+    model = load_pretrained("ddpm_mnist")  # checks sha256 and config
     images = generate(model, QUALITY_SAMPLES, sampler="dpmpp_2m", num_inference_steps=10, seed=PROTOCOL_SEED,
                       progress=False)
     return evaluate_samples(images)
 
 
+@pytest.mark.slow
 def test_unconditional_samples_score_close_to_real_digits(unconditional):
     """At 500 samples two sets of real digits score 9.3 (FID is biased upwards at small sizes)."""
     assert unconditional["fid"] < UNCONDITIONAL_FID_BOUND * real_vs_real_fid(QUALITY_SAMPLES)
 
 
+@pytest.mark.slow
 def test_unconditional_samples_cover_every_digit(unconditional):
     histogram = torch.tensor(unconditional["class_histogram"], dtype=torch.float)
     assert (histogram / histogram.sum() >= 0.05).all()
 
 
+@pytest.mark.slow
 def test_conditional_model_draws_the_digit_asked_for():
-    model = load_pretrained("ddpm_mnist_cond", UNet)
+    model = load_pretrained("ddpm_mnist_cond")
     asked = torch.arange(200) % 10
-    images = generate(model, 200, sampler="dpmpp_2m", num_inference_steps=10, labels=asked, guidance_scale=3.0,
-                      seed=PROTOCOL_SEED, progress=False)
+    images = generate(model, 200, sampler="dpmpp_2m", num_inference_steps=10, cond={"labels": asked},
+                      guidance_scale=3.0, seed=PROTOCOL_SEED, progress=False)
     report = evaluate_samples(images, asked)
     assert report["accuracy"] >= 0.97 and min(report["per_class_accuracy"]) >= 0.9
 

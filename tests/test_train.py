@@ -15,9 +15,9 @@ from safetensors.torch import load_file
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from minidiff import checkpoints
-from minidiff.checkpoints import describe_segments
+from minidiff import resume
 from minidiff.train import TrainConfig, batch_indices, ema_decay_at, ema_update, lr_at, train
+from minidiff.weights import describe_segments
 
 
 @pytest.fixture(autouse=True)
@@ -54,7 +54,7 @@ def config(**kw):
 
 
 def optimizer_tensors(out_dir):
-    tensors, _ = checkpoints.load_checkpoint(out_dir)
+    tensors, _ = resume.load_checkpoint(out_dir)
     return {k: v for k, v in tensors.items() if k.startswith("optimizer.")}
 
 
@@ -127,10 +127,10 @@ def test_crash_between_tensors_and_json_keeps_previous_checkpoint(tmp_path, monk
     def crash(obj, path):
         raise OSError("disk full")
 
-    monkeypatch.setattr(checkpoints, "write_json_atomic", crash)
+    monkeypatch.setattr(resume, "write_json_atomic", crash)
     with pytest.raises(OSError):
         train(tiny_model(), noisy_loss, tiny_data(), config(steps=4, out_dir=str(tmp_path)), resume=True)
-    tensors, state = checkpoints.load_checkpoint(tmp_path)
+    tensors, state = resume.load_checkpoint(tmp_path)
     assert state["step"] == 2 and state["tensors"] == "checkpoint-00000002.safetensors"
     assert "model.0.weight" in tensors
 
@@ -228,7 +228,7 @@ DDP_SCRIPT = textwrap.dedent("""
     from torch import nn
     import torch.nn.functional as F
     from torch.utils.data import TensorDataset
-    from minidiff.checkpoints import save_safetensors_atomic
+    from minidiff.files import save_safetensors_atomic
     from minidiff.train import TrainConfig, train
 
     torch.manual_seed(0)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .download import DataError, data_dir, download, write_atomic
+from minidiff.files import DataError, data_dir, download, write_atomic
 
 IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: np.dtype(">i2"), 0x0C: np.dtype(">i4"),
               0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
@@ -154,6 +154,34 @@ def mnist_dataset(split="train", fashion=False, limit=None) -> torch.utils.data.
 
 CAPTION_TEMPLATES = ("a handwritten {name}", "the digit {digit}", "a {digit}",
                      "a handwritten digit {name}", "the number {name}", "{name}")
+
+
+class ConditionedImages(torch.utils.data.Dataset):
+    """Images with the conditions a denoiser learns from, e.g. ``ConditionedImages(images, labels=labels)``:
+    item i is ``{"images": images[i], "labels": labels[i]}``, and a batch of them is one such mapping
+    (``take``), which the diffusion loss passes on to the network unchanged."""
+
+    def __init__(self, images: torch.Tensor, **cond: torch.Tensor):
+        for key, value in cond.items():
+            if len(value) != len(images):
+                raise ValueError(f"condition {key!r} has {len(value)} rows for {len(images)} images")
+        self.tensors = {"images": images, **cond}
+
+    def __len__(self):
+        return len(self.tensors["images"])
+
+    def __getitem__(self, i):
+        return {k: v[i] for k, v in self.tensors.items()}
+
+    def take(self, indices: torch.Tensor) -> dict:
+        """The batch of ``indices`` in one gather per tensor (no Python loop over examples)."""
+        return {k: v[indices] for k, v in self.tensors.items()}
+
+
+def mnist_diffusion_dataset(split="train", conditional=False, limit=None) -> ConditionedImages:
+    """MNIST digits for a denoiser: the images alone, or (``conditional``) with their class labels."""
+    images, labels = mnist_dataset(split, limit=limit).tensors
+    return ConditionedImages(images, labels=labels) if conditional else ConditionedImages(images)
 
 
 def digit_caption(label: int, template: int = 0) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from minidiff.download import DataError, data_dir, download, extract
+from minidiff.files import DataError, data_dir, download, extract
 
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-binary.tar.gz"
 MD5 = "c32a1d4ab5d03f1284b67883e8d87530"  # published alongside the archive on the CIFAR page
@@ -19,7 +19,7 @@ FILES = {"train": [f"data_batch_{i}.bin" for i in range(1, 6)], "test": ["test_b
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 SIDE = 32
 RECORD = 1 + 3 * SIDE * SIDE  # label byte + three colour planes
-FETCH = "`python -m minidiff data cifar10` (or minidiff.cifar10.fetch_cifar10(root) for another folder)"
+FETCH = "`python -m minidiff data cifar10` (or minidiff.datasets.cifar10.fetch_cifar10(root) for another folder)"
 
 
 def _root(root) -> Path:

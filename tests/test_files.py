@@ -7,7 +7,7 @@ import zipfile
 
 import pytest
 
-from minidiff.download import DataError, download, extract
+from minidiff.files import DataError, download, extract
 
 PAYLOAD = bytes(range(256)) * 1000  # 256 kB: several read blocks, so "midway" is well defined
 

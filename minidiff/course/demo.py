@@ -10,18 +10,15 @@ import matplotlib
 import numpy as np
 import torch
 
-from .data import load_mnist, to_tensor
-from .download import write_atomic
-from .shapes import make_shapes
-from .solutions import add_noise, mosaic
-from .viz import image_grid
+from minidiff.course.solutions import add_noise, mosaic
+from minidiff.datasets.mnist import load_mnist, to_tensor
+from minidiff.datasets.shapes import make_shapes
+from minidiff.files import write_atomic
+from minidiff.registry import Registry
+from minidiff.viz import image_grid
 
-PANELS = []
-
-
-def panel(fn):
-    PANELS.append(fn)
-    return fn
+PANELS = Registry("demo panel")
+panel = PANELS.register
 
 
 def _rgb(grid: np.ndarray) -> np.ndarray:
@@ -55,8 +52,8 @@ def mosaic_and_noise():
 
 @panel
 def classifier_judge():
-    from .classifier import predict
-    from .metrics import load_classifier
+    from minidiff.metrics import load_classifier
+    from minidiff.models.classifier import predict
     images, labels = load_mnist("test")
     pick = np.random.default_rng(1).choice(len(images), 16, replace=False)
     _, logits = predict(load_classifier(), to_tensor(images[pick]))
@@ -67,9 +64,9 @@ def classifier_judge():
 @panel
 def vae_prior_vs_ae_random_codes():
     """Chapters 01–02: decode random codes. The AE's are smudges; the VAE's prior samples are digits."""
-    from .autoencoder import VAE, Autoencoder, decode_all, encode_all, random_codes
-    from .checkpoints import load_pretrained, read_manifest
-    vae, ae = load_pretrained("vae_mnist", VAE), load_pretrained("ae_mnist_c4", Autoencoder)
+    from minidiff.models.autoencoder import decode_all, encode_all, random_codes
+    from minidiff.weights import load_pretrained, read_manifest
+    vae, ae = load_pretrained("vae_mnist"), load_pretrained("ae_mnist_c4")
     manifest = read_manifest()
     vae_fid, ae_fid, floor = (manifest["vae_mnist"]["metrics"]["prior_sample_fid"],
                               manifest["ae_mnist_c4"]["metrics"]["random_code_fid"],
@@ -85,11 +82,10 @@ def vae_prior_vs_ae_random_codes():
 @panel
 def gan_good_vs_collapsed():
     """Chapter 03: the same GAN code trained well (top) and into mode collapse (bottom)."""
-    from .checkpoints import load_pretrained, read_manifest
-    from .gan import GAN
+    from minidiff.weights import load_pretrained, read_manifest
     manifest = read_manifest()
     names = ("dcgan_mnist", "dcgan_mnist_collapse")
-    rows = [load_pretrained(name, GAN).sample(16, torch.Generator().manual_seed(0)) for name in names]
+    rows = [load_pretrained(name).sample(16, torch.Generator().manual_seed(0)) for name in names]
     good, bad = (manifest[name]["metrics"] for name in names)
     return (f"GAN (ch. 03): dcgan_mnist, FID {good['fid']:.0f}, {good['classes_over_5_percent']} digits ≥ 5 % "
             f"(top) vs a collapsed run, FID {bad['fid']:.0f}, {bad['classes_over_5_percent']} (bottom); "
@@ -100,8 +96,8 @@ def gan_good_vs_collapsed():
 @panel
 def noising_strip():
     """Chapter 04: one digit under the linear and the cosine schedule, t = 0 … 999."""
-    from .diffusion import q_sample
-    from .schedules import cosine_schedule, linear_schedule
+    from minidiff.diffusion.loss import q_sample
+    from minidiff.diffusion.schedules import cosine_schedule, linear_schedule
     x0 = to_tensor(load_mnist("test")[0][:1])
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
     steps = torch.tensor([0, 50, 100, 200, 300, 400, 500, 600, 700, 800, 900, 999])
@@ -114,10 +110,10 @@ def noising_strip():
 @panel
 def ddpm_samples():
     """Chapter 05: the shipped denoisers walked back from noise (DPM-Solver++(2M), 20 steps)."""
-    from .checkpoints import read_manifest
-    from .generators import GENERATORS
-    unconditional, _ = GENERATORS["ddpm_mnist"](20, 0)
-    conditional, _ = GENERATORS["ddpm_mnist_cond"](20, 0)
+    from minidiff.course.generators import sources
+    from minidiff.weights import read_manifest
+    unconditional, _ = sources()["ddpm_mnist"](20, 0)
+    conditional, _ = sources()["ddpm_mnist_cond"](20, 0)
     manifest = read_manifest()
     fid = manifest["ddpm_mnist"]["metrics"]["fid_dpmpp_2m_20"]
     accuracy = manifest["ddpm_mnist_cond"]["metrics"]["accuracy"]
@@ -129,10 +125,10 @@ def ddpm_samples():
 @panel
 def sampler_comparison():
     """Chapter 06: the same starting noise walked back by each sampler, 10 network calls each."""
-    from .checkpoints import load_pretrained
-    from .samplers import SAMPLERS, generate, steps_for_nfe
-    from .unet import UNet
-    model = load_pretrained("ddpm_mnist", UNet)
+    from minidiff.diffusion.pipeline import generate
+    from minidiff.diffusion.samplers import SAMPLERS, steps_for_nfe
+    from minidiff.weights import load_pretrained
+    model = load_pretrained("ddpm_mnist")
     rows = [generate(model, 10, sampler=name, num_inference_steps=steps_for_nfe(name, 10), seed=1,
                      progress=False) for name in SAMPLERS]
     return (f"Samplers (ch. 06), same noise, ~10 network calls each; rows: {', '.join(SAMPLERS)}",
@@ -143,7 +139,7 @@ def make_demo(path="outputs/demo.png") -> Path:
     """Draw every panel, one above the other, into ``path`` (written atomically)."""
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    pictures = [fn() for fn in PANELS]
+    pictures = [fn() for fn in PANELS.values()]
     heights = [picture.shape[0] / picture.shape[1] * 12 + 0.5 for _, picture in pictures]
     fig, axes = plt.subplots(len(pictures), 1, figsize=(12, sum(heights)),
                              gridspec_kw={"height_ratios": heights})

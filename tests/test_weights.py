@@ -9,11 +9,11 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from minidiff import checkpoints
-from minidiff.checkpoints import (describe_segments, hardware_description, load_pretrained, log_segment,
-                                  read_manifest, record_metrics, save_safetensors_atomic, save_weights,
-                                  write_json_atomic)
-from minidiff.download import DataError
+from minidiff import resume, weights
+from minidiff.devices import hardware_description
+from minidiff.files import DataError, save_safetensors_atomic, write_json_atomic
+from minidiff.resume import log_segment
+from minidiff.weights import describe_segments, load_pretrained, read_manifest, record_metrics, save_weights
 
 
 @dataclass
@@ -23,18 +23,30 @@ class NetConfig:
 
 
 class Net(nn.Module):
-    def __init__(self, width=8, sizes=(1, 2)):
+    def __init__(self, config: NetConfig):
         super().__init__()
-        self.config = NetConfig(width, tuple(sizes))
-        self.layer = nn.Linear(3, width)
-        self.norm = nn.BatchNorm1d(width)
+        self.config = config
+        self.layer = nn.Linear(3, config.width)
+        self.norm = nn.BatchNorm1d(config.width)
+
+
+@dataclass
+class OtherConfig:
+    width: int = 8
 
 
 class Other(nn.Module):
-    def __init__(self, width=8):
+    def __init__(self, config: OtherConfig):
         super().__init__()
-        self.config = {"width": width}
-        self.layer = nn.Linear(3, width)
+        self.config = config
+        self.layer = nn.Linear(3, config.width)
+
+
+@pytest.fixture(autouse=True)
+def registered(monkeypatch):
+    """The test models join the registry of model classes, as a chapter's model would."""
+    monkeypatch.setitem(weights.MODELS, "Net", (Net, NetConfig))
+    monkeypatch.setitem(weights.MODELS, "Other", (Other, OtherConfig))
 
 
 def save(model, name, directory):
@@ -43,13 +55,14 @@ def save(model, name, directory):
 
 
 def test_round_trip(tmp_path):
-    model = Net(width=4)
+    model = Net(NetConfig(width=4))
     nn.init.normal_(model.layer.weight)
     path = save(model, "net", tmp_path)
-    save(Other(), "other", tmp_path)
+    save(Other(OtherConfig()), "other", tmp_path)
 
-    loaded = load_pretrained("net", Net, directory=tmp_path)
-    assert not loaded.training and loaded.config == NetConfig(4, (1, 2))
+    loaded = load_pretrained("net", directory=tmp_path)  # the manifest says which class and config
+    assert isinstance(loaded, Net) and not loaded.training and loaded.config == NetConfig(4, [1, 2])
+    assert isinstance(load_pretrained("other", directory=tmp_path), Other)
     for k, v in model.state_dict().items():
         assert torch.equal(v, loaded.state_dict()[k])
 
@@ -65,59 +78,73 @@ def test_round_trip(tmp_path):
     assert record_metrics("net", {"fid": 3.5}, directory=tmp_path) == {"acc": 0.5, "fid": 3.5}
     after = read_manifest(tmp_path)
     assert after["net"] == {**entry, "metrics": {"acc": 0.5, "fid": 3.5}} and after["other"] == before["other"]
-    load_pretrained("net", Net, directory=tmp_path)  # the weights' hash still matches
+    load_pretrained("net", directory=tmp_path)  # the weights' hash still matches
     with pytest.raises(DataError, match="ship it first"):
         record_metrics("nope", {"fid": 1.0}, directory=tmp_path)
 
 
 def test_unknown_name_lists_available(tmp_path):
-    save(Net(), "net", tmp_path)
+    save(Net(NetConfig()), "net", tmp_path)
     with pytest.raises(DataError, match=r"'vae'.*manifest\.json.*available: net.*python -m minidiff train vae"):
-        load_pretrained("vae", Net, directory=tmp_path)
+        load_pretrained("vae", directory=tmp_path)
 
 
 def test_missing_file_names_recipe(tmp_path):
-    save(Net(), "net", tmp_path).unlink()
+    save(Net(NetConfig()), "net", tmp_path).unlink()
     with pytest.raises(DataError, match=r"net\.safetensors is missing.*python -m minidiff train net"):
-        load_pretrained("net", Net, directory=tmp_path)
+        load_pretrained("net", directory=tmp_path)
 
 
 def test_corrupt_file(tmp_path):
-    path = save(Net(), "net", tmp_path)
+    path = save(Net(NetConfig()), "net", tmp_path)
     data = bytearray(path.read_bytes())
     data[-1] ^= 0xFF
     path.write_bytes(bytes(data))
     with pytest.raises(DataError, match=r"net\.safetensors is corrupt.*python -m minidiff train net.*git"):
-        load_pretrained("net", Net, directory=tmp_path)
+        load_pretrained("net", directory=tmp_path)
 
 
-def test_wrong_model_class(tmp_path):
-    save(Other(), "other", tmp_path)
-    with pytest.raises(DataError, match=r"other\.safetensors holds a Other, not a Net"):
-        load_pretrained("other", Net, directory=tmp_path)
+def test_a_file_and_its_manifest_entry_must_agree_on_the_class(tmp_path, monkeypatch):
+    save(Other(OtherConfig()), "other", tmp_path)
+    manifest = read_manifest(tmp_path)
+    manifest["other"]["model"] = "Net"
+    write_json_atomic(manifest, tmp_path / "manifest.json")
+    with pytest.raises(DataError, match=r"other\.safetensors holds a Other, but the manifest says Net"):
+        load_pretrained("other", directory=tmp_path)
+    manifest["other"]["model"] = "Other"
+    write_json_atomic(manifest, tmp_path / "manifest.json")
+    monkeypatch.delitem(weights.MODELS, "Other")
+    with pytest.raises(DataError, match=r"holds a Other, which this version of minidiff does not know"):
+        load_pretrained("other", directory=tmp_path)
+
+
+def test_a_model_outside_the_registry_cannot_be_shipped(tmp_path, monkeypatch):
+    monkeypatch.delitem(weights.MODELS, "Other")
+    with pytest.raises(TypeError, match="add it, with its config dataclass, to minidiff.weights.MODELS"):
+        save(Other(OtherConfig()), "other", tmp_path)
 
 
 def test_config_mismatch(tmp_path):
-    save(Net(), "net", tmp_path)
+    save(Net(NetConfig()), "net", tmp_path)
     manifest = read_manifest(tmp_path)
     manifest["net"]["config"]["width"] = 16
     write_json_atomic(manifest, tmp_path / "manifest.json")
     with pytest.raises(DataError, match=r"net\.safetensors was saved with config"):
-        load_pretrained("net", Net, directory=tmp_path)
+        load_pretrained("net", directory=tmp_path)
 
 
-def test_state_dict_mismatch(tmp_path):
-    save(Net(), "net", tmp_path)
+def test_state_dict_mismatch(tmp_path, monkeypatch):
+    save(Net(NetConfig()), "net", tmp_path)
 
     class Changed(nn.Module):  # the code changed since the file was saved
-        def __init__(self, width=8, sizes=(1, 2)):
+        def __init__(self, config: NetConfig):
             super().__init__()
-            self.layer = nn.Linear(5, width)
+            self.layer = nn.Linear(5, config.width)
 
-    Changed.__name__ = "Net"
+    monkeypatch.setitem(weights.MODELS, "Net", (Changed, NetConfig))
     with pytest.raises(DataError, match=r"net\.safetensors does not fit Net.*layer\.weight is \(8, 3\).*"
                                         r"unexpected norm"):
-        load_pretrained("net", Changed, directory=tmp_path)
+        load_pretrained("net", directory=tmp_path)
 
 
 def test_atomic_write_keeps_old_file_when_rename_fails(tmp_path, monkeypatch):
@@ -150,17 +177,17 @@ def test_optimizer_and_rng_state_round_trip():
     opt = torch.optim.AdamW([param], lr=0.1)
     param.grad = torch.ones(3)
     opt.step()
-    tensors, saved = checkpoints.optimizer_state(opt, "optimizer.x")
+    tensors, saved = resume.optimizer_state(opt, "optimizer.x")
     saved = json.loads(json.dumps(saved))  # as it comes back from checkpoint.json
     copy = torch.optim.AdamW([nn.Parameter(param.detach().clone())], lr=0.5)
-    checkpoints.load_optimizer_state(copy, tensors, saved, "optimizer.x")
+    resume.load_optimizer_state(copy, tensors, saved, "optimizer.x")
     assert copy.param_groups[0]["lr"] == 0.1
     for key, value in opt.state[param].items():
         assert torch.equal(value, copy.state[copy.param_groups[0]["params"][0]][key])
 
-    rng_tensors, rng = checkpoints.rng_state()
+    rng_tensors, rng = resume.rng_state()
     expected = (torch.rand(2), random.random(), np.random.rand())
-    checkpoints.set_rng_state(rng_tensors, json.loads(json.dumps(rng)))
+    resume.set_rng_state(rng_tensors, json.loads(json.dumps(rng)))
     assert torch.equal(torch.rand(2), expected[0])
     assert random.random() == expected[1]
     assert np.random.rand() == expected[2]
@@ -172,10 +199,10 @@ def test_rng_state_from_a_gpu_run_resumes_on_cpu(monkeypatch):
     def no_cuda(*args):
         raise AssertionError("resuming on the CPU touched the CUDA generator")
     monkeypatch.setattr(torch.cuda, "set_rng_state", no_cuda)
-    rng_tensors, rng = checkpoints.rng_state()
+    rng_tensors, rng = resume.rng_state()
     expected = torch.rand(3)
     gpu_tensors = rng_tensors | {"cuda": torch.zeros(16, dtype=torch.uint8)}  # as saved on a GPU
-    checkpoints.set_rng_state(gpu_tensors, json.loads(json.dumps(rng)), "cpu")
+    resume.set_rng_state(gpu_tensors, json.loads(json.dumps(rng)), "cpu")
     assert torch.equal(torch.rand(3), expected)
 
 

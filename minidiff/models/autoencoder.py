@@ -27,6 +27,7 @@ Sizes need not divide by f: the encoder's stride-2 convolutions round up (28 →
 and the decoder upsamples back to the exact sizes the encoder went through.
 """
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -95,23 +96,48 @@ class Decoder(nn.Module):
         return self.out(h)
 
 
+@dataclass
+class AutoencoderConfig:
+    """An autoencoder's shape: images (in_channels, image_size²) → a code at 1/``downsample`` of the
+    resolution with ``latent_channels`` maps, or, with ``latent_dim``, one dense vector of that many
+    numbers instead; ``channels`` is the base width of the convolutions."""
+    in_channels: int = 1
+    image_size: int = 28
+    downsample: int = 4
+    latent_channels: int | None = 4
+    latent_dim: int | None = None
+    channels: int = 32
+
+    def __post_init__(self):
+        if self.downsample not in DOWNSAMPLE_FACTORS:
+            raise ValueError(f"downsample must be one of {DOWNSAMPLE_FACTORS}, got {self.downsample}")
+        if self.latent_dim is not None:
+            self.latent_channels = None  # a dense code replaces the spatial one
+
+
+@dataclass
+class VAEConfig(AutoencoderConfig):
+    """An autoencoder's shape plus what p(x|z) is: ``likelihood`` "bernoulli" or "gaussian" with σ_x."""
+    likelihood: str = "bernoulli"
+    sigma_x: float = 0.1
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.likelihood not in ("bernoulli", "gaussian"):
+            raise ValueError(f"likelihood must be 'bernoulli' or 'gaussian', got {self.likelihood!r}")
+
+
 class _CodecBase(nn.Module):
     """What the autoencoder and the VAE share: the config, input checks and the code's shape."""
 
-    def __init__(self, in_channels=1, image_size=28, downsample=4, latent_channels=4, latent_dim=None,
-                 channels=32, **extra):
+    def __init__(self, config: AutoencoderConfig):
         super().__init__()
-        if downsample not in DOWNSAMPLE_FACTORS:
-            raise ValueError(f"downsample must be one of {DOWNSAMPLE_FACTORS}, got {downsample}")
-        if latent_dim is not None:
-            latent_channels = None  # a dense code replaces the spatial one
-        self.config = dict(in_channels=in_channels, image_size=image_size, downsample=downsample,
-                           latent_channels=latent_channels, latent_dim=latent_dim, channels=channels, **extra)
-        side = stage_sizes(image_size, downsample)[-1]
-        self.latent_shape = (latent_dim,) if latent_dim is not None else (latent_channels, side, side)
+        self.config = c = config
+        side = stage_sizes(c.image_size, c.downsample)[-1]
+        self.latent_shape = (c.latent_dim,) if c.latent_dim is not None else (c.latent_channels, side, side)
 
     def _check(self, x):
-        c, s = self.config["in_channels"], self.config["image_size"]
+        c, s = self.config.in_channels, self.config.image_size
         if x.dim() != 4 or tuple(x.shape[1:]) != (c, s, s):
             raise ValueError(f"{type(self).__name__} takes images of shape (B, {c}, {s}, {s}) in [-1, 1], "
                              f"got {tuple(x.shape)}")
@@ -125,12 +151,11 @@ class _CodecBase(nn.Module):
 class Autoencoder(_CodecBase):
     """Deterministic autoencoder: ``encode(x) -> z``, ``decode(z) -> x̂``, trained with ``autoencoder_loss``."""
 
-    def __init__(self, in_channels=1, image_size=28, downsample=4, latent_channels=4, latent_dim=None,
-                 channels=32):
-        super().__init__(in_channels, image_size, downsample, latent_channels, latent_dim, channels)
-        cfg = self.config
-        self.encoder = Encoder(in_channels, image_size, downsample, channels, cfg["latent_channels"], latent_dim)
-        self.decoder = Decoder(in_channels, image_size, downsample, channels, cfg["latent_channels"], latent_dim)
+    def __init__(self, config: AutoencoderConfig):
+        super().__init__(config)
+        c = config
+        self.encoder = Encoder(c.in_channels, c.image_size, c.downsample, c.channels, c.latent_channels, c.latent_dim)
+        self.decoder = Decoder(c.in_channels, c.image_size, c.downsample, c.channels, c.latent_channels, c.latent_dim)
 
     def encode(self, x):
         self._check(x)
@@ -147,7 +172,7 @@ class Autoencoder(_CodecBase):
 class VAE(_CodecBase):
     """Variational autoencoder with a Gaussian posterior q(z|x) = N(μ, diag σ²) and prior N(0, I).
 
-    ``likelihood`` says what p(x|z) is, i.e. what the reconstruction term of the ELBO measures:
+    ``config.likelihood`` says what p(x|z) is, i.e. what the reconstruction term of the ELBO measures:
 
     * ``"bernoulli"`` (MNIST): each pixel, rescaled to p = (x + 1)/2 ∈ [0, 1], is a Bernoulli variable
       with probability sigmoid(logit) from the decoder, so −log p(x|z) is the binary cross-entropy
@@ -157,18 +182,13 @@ class VAE(_CodecBase):
       reconstructions.
     """
 
-    def __init__(self, in_channels=1, image_size=28, downsample=4, latent_channels=4, latent_dim=None,
-                 channels=32, likelihood="bernoulli", sigma_x=0.1):
-        if likelihood not in ("bernoulli", "gaussian"):
-            raise ValueError(f"likelihood must be 'bernoulli' or 'gaussian', got {likelihood!r}")
-        super().__init__(in_channels, image_size, downsample, latent_channels, latent_dim, channels,
-                         likelihood=likelihood, sigma_x=sigma_x)
-        cfg = self.config
+    def __init__(self, config: VAEConfig):
+        super().__init__(config)
+        c = config
         # the encoder predicts μ and log σ² for every latent number: twice the channels (or dims)
-        self.encoder = Encoder(in_channels, image_size, downsample, channels,
-                               cfg["latent_channels"] and 2 * cfg["latent_channels"],
-                               latent_dim and 2 * latent_dim)
-        self.decoder = Decoder(in_channels, image_size, downsample, channels, cfg["latent_channels"], latent_dim)
+        self.encoder = Encoder(c.in_channels, c.image_size, c.downsample, c.channels,
+                               c.latent_channels and 2 * c.latent_channels, c.latent_dim and 2 * c.latent_dim)
+        self.decoder = Decoder(c.in_channels, c.image_size, c.downsample, c.channels, c.latent_channels, c.latent_dim)
 
     def encode(self, x):
         """x → (μ, log σ²) of q(z|x), each of shape (B, *latent_shape)."""
@@ -184,7 +204,7 @@ class VAE(_CodecBase):
     def decode(self, z):
         """z → the mean image of p(x|z), in [-1, 1] for the Bernoulli likelihood."""
         out = self.decode_logits(z)
-        return 2 * torch.sigmoid(out) - 1 if self.config["likelihood"] == "bernoulli" else out
+        return 2 * torch.sigmoid(out) - 1 if self.config.likelihood == "bernoulli" else out
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None):
@@ -217,9 +237,9 @@ def kl_divergence(mean, logvar):
 def reconstruction_nll(model: VAE, z, x):
     """−log p(x|z) in nats per image, for the model's likelihood (see ``VAE``)."""
     out = model.decode_logits(z)
-    if model.config["likelihood"] == "bernoulli":
+    if model.config.likelihood == "bernoulli":
         return F.binary_cross_entropy_with_logits(out, (x + 1) / 2, reduction="none").flatten(1).sum(1)
-    sigma = model.config["sigma_x"]
+    sigma = model.config.sigma_x
     squared = ((x - out) ** 2).flatten(1).sum(1)
     return squared / (2 * sigma ** 2) + 0.5 * x[0].numel() * math.log(2 * math.pi * sigma ** 2)
 

@@ -4,22 +4,31 @@ A small CNN (three conv/pool stages, then a 128-d feature layer, then 10 logits)
 features are the space the course computes FID in (see ``minidiff.metrics``), and its labels and
 confidence on generated digits tell whether a sampler draws "a 7" when asked for one.
 """
+from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 
+@dataclass
+class ClassifierConfig:
+    channels: int = 32        # the first stage's width (doubled per stage)
+    features: int = 128       # the feature layer FID is computed in
+    dropout: float = 0.3
+
+
 class MNISTClassifier(nn.Module):
-    def __init__(self, channels: int = 32, features: int = 128, dropout: float = 0.3):
+    def __init__(self, config: ClassifierConfig | None = None):
         super().__init__()
-        self.config = dict(channels=channels, features=features, dropout=dropout)
-        c = channels
+        self.config = config = config or ClassifierConfig()
+        c, features = config.channels, config.features
 
         def stage(c_in, c_out):
             return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
         self.body = nn.Sequential(stage(1, c), stage(c, 2 * c), stage(2 * c, 4 * c), nn.Flatten(),
                                   nn.Linear(4 * c * 3 * 3, features), nn.ReLU())
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = nn.Dropout(config.dropout)
         self.head = nn.Linear(features, 10)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:

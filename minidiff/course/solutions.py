@@ -1,16 +1,17 @@
-"""Reference solutions to the chapters' exercises (teachers: CI checks these with ``minidiff.exercises``).
+"""Reference solutions to the chapters' exercises (teachers: CI checks these with ``minidiff.course.exercises``).
 
 Students: try the exercise first — the notebook's check tells you when you are right.
 """
 import torch
 import torch.nn.functional as F
 
+from minidiff.diffusion.loss import at_step, convert_prediction, diffusion_loss, q_sample  # noqa: F401  (chapters 04–05)
+from minidiff.diffusion.samplers import to_d
+from minidiff.metrics import psnr_per_image  # noqa: F401  (chapter 01)
+
 # Where an exercise rebuilds one of the library's own functions, the library's function is the answer.
-from .autoencoder import kl_divergence, reparameterize  # noqa: F401  (chapter 02)
-from .diffusion import at_step, convert_prediction, diffusion_loss, q_sample  # noqa: F401  (chapters 04–05)
-from .gan import discriminator_loss, generator_loss  # noqa: F401  (chapter 03)
-from .metrics import psnr_per_image  # noqa: F401  (chapter 01)
-from .samplers import to_d
+from minidiff.models.autoencoder import kl_divergence, reparameterize  # noqa: F401  (chapter 02)
+from minidiff.models.gan import discriminator_loss, generator_loss  # noqa: F401  (chapter 03)
 
 
 def mosaic(images: torch.Tensor, block: int) -> torch.Tensor:

@@ -11,6 +11,7 @@ outside the target folder ("path traversal", e.g. a member named ``../../.bashrc
 """
 import hashlib
 import http.client
+import json
 import os
 import shutil
 import tarfile
@@ -21,6 +22,7 @@ import zipfile
 import zlib
 from pathlib import Path
 
+from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 TIMEOUT = 60  # seconds a stalled connection may stay silent before we give up (and keep the .part)
@@ -218,3 +220,16 @@ def _inside(root: Path, name: str, archive: Path) -> Path:
         raise DataError(f"{archive} holds {name!r}, which would be written outside the target folder; "
                         "the archive is corrupt or malicious, refusing to unpack it")
     return target
+
+
+def save_safetensors_atomic(tensors: dict, path, metadata: dict | None = None) -> Path:
+    """Write ``tensors`` (name -> Tensor) and string ``metadata`` to a safetensors file, atomically."""
+    # safetensors refuses views and tensors sharing memory (tied weights), so store plain copies
+    tensors = {k: v.detach().to("cpu", copy=True).contiguous() for k, v in tensors.items()}
+    return write_atomic(path, lambda tmp: save_file(tensors, tmp, metadata=metadata))
+
+
+def write_json_atomic(obj, path) -> Path:
+    """Write ``obj`` as indented JSON, atomically."""
+    text = json.dumps(obj, indent=2) + "\n"
+    return write_atomic(path, lambda tmp: Path(tmp).write_text(text))

@@ -21,6 +21,7 @@ value *after* t + 1 noising steps, so ``alphas_cumprod[0] = 1 − β_1`` is just
 import math
 
 import torch
+import torch.nn as nn
 
 
 def linear_schedule(num_steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
@@ -94,12 +95,35 @@ def alphas_cumprod_from_sigmas(sigmas: torch.Tensor) -> torch.Tensor:
     return 1 / (1 + sigmas ** 2)
 
 
-def timestep_from_sigma(sigma: torch.Tensor, alphas_cumprod: torch.Tensor) -> torch.Tensor:
+def timestep_from_sigma(sigma: torch.Tensor, log_sigmas: torch.Tensor) -> torch.Tensor:
     """The (fractional) integer-time t whose σ_t equals ``sigma``, interpolating log σ linearly
-    between neighbouring steps: how a sampler working in σ asks a network trained on integer t."""
-    log_sigmas = sigmas_from_alphas_cumprod(alphas_cumprod).log().to(sigma.device)
-    log_sigma = sigma.to(log_sigmas.dtype).log().clamp(log_sigmas[0], log_sigmas[-1])
+    between neighbouring steps of the schedule's ``log_sigmas`` (log σ_t for t = 0 … T−1): how a
+    sampler working in σ asks a network trained on integer t. Computed in ``sigma``'s dtype."""
+    log_sigmas = log_sigmas.to(sigma.device, sigma.dtype)
+    log_sigma = sigma.log().clamp(log_sigmas[0], log_sigmas[-1])
     high = torch.searchsorted(log_sigmas, log_sigma.reshape(-1)).clamp(1, len(log_sigmas) - 1)
     low = high - 1
     w = (log_sigma.reshape(-1) - log_sigmas[low]) / (log_sigmas[high] - log_sigmas[low])
     return (low + w).reshape(sigma.shape)
+
+
+class NoiseSchedule(nn.Module):
+    """The schedule a denoiser was trained on, kept by the model itself: ᾱ_t and log σ_t for
+    t = 0 … T−1 as float32 buffers, saved with the weights and moved with them to any device (Apple's
+    MPS has no float64). They are computed once, in float64 on the CPU; log σ keeps its precision
+    at both ends, where ᾱ → 1 and ᾱ → 0."""
+
+    def __init__(self, name: str = "cosine", num_steps: int = 1000):
+        super().__init__()
+        alphas_cumprod = make_schedule(name, num_steps)
+        self.register_buffer("alphas_cumprod", alphas_cumprod.float())
+        self.register_buffer("log_sigmas", sigmas_from_alphas_cumprod(alphas_cumprod).log().float())
+
+    @property
+    def sigmas(self) -> torch.Tensor:
+        """σ_t for t = 0 … T−1, on the CPU in float64: where the samplers plan their steps."""
+        return self.log_sigmas.detach().cpu().double().exp()
+
+    def timestep(self, sigma: torch.Tensor) -> torch.Tensor:
+        """The fractional step t(σ) the network was trained to read (``timestep_from_sigma``)."""
+        return timestep_from_sigma(sigma, self.log_sigmas)

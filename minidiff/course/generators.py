@@ -1,9 +1,9 @@
 """Everything ``python -m minidiff sample`` can draw from, and the file format samples are kept in.
 
-A generator is a function ``(n, seed) -> (images (n, C, H, W) in [-1, 1], labels or None)``.
-The data sources here are the baseline every model is compared with; each model chapter
-registers its trained model the same way. Samples are saved as a PNG grid (to look at) and a
-safetensors file (to score with ``python -m minidiff evaluate``).
+A source is a function ``(n, seed) -> (images (n, C, H, W) in [-1, 1], labels or None)``: the data
+sources registered here (the baseline every model is compared with), and every shipped generative
+model, found in the manifest — a chapter that ships a model adds nothing here. Samples are saved as
+a PNG grid (to look at) and a safetensors file (to score with ``python -m minidiff evaluate``).
 """
 from pathlib import Path
 
@@ -13,24 +13,16 @@ from PIL import Image
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from .autoencoder import VAE
-from .checkpoints import load_pretrained, save_safetensors_atomic
-from .data import load_fashion_mnist, load_mnist, to_tensor
-from .download import DataError, write_atomic
-from .gan import GAN
-from .samplers import generate
-from .shapes import make_shapes
-from .unet import UNet
-from .viz import image_grid
+from minidiff.datasets.mnist import load_fashion_mnist, load_mnist, to_tensor
+from minidiff.datasets.shapes import make_shapes
+from minidiff.diffusion.pipeline import generate
+from minidiff.files import DataError, save_safetensors_atomic, write_atomic
+from minidiff.registry import Registry
+from minidiff.viz import image_grid
+from minidiff.weights import load_pretrained, read_manifest
 
-GENERATORS = {}
-
-
-def generator(name):
-    def register(fn):
-        GENERATORS[name] = fn
-        return fn
-    return register
+DATA_SOURCES = Registry("data source")
+SAMPLING_MODELS = ("VAE", "GAN")  # shipped models with a .sample(n, generator); every UNet is a denoiser
 
 
 def _draw_real(load, n, seed):
@@ -39,52 +31,57 @@ def _draw_real(load, n, seed):
     return to_tensor(images[pick]), torch.from_numpy(labels[pick].astype(np.int64))
 
 
-@generator("mnist")
+@DATA_SOURCES.register(name="mnist")
 def real_mnist(n, seed):
     """Real test digits: what a perfect generator would give."""
     return _draw_real(load_mnist, n, seed)
 
 
-@generator("fashion-mnist")
+@DATA_SOURCES.register(name="fashion-mnist")
 def real_fashion_mnist(n, seed):
     return _draw_real(load_fashion_mnist, n, seed)
 
 
-@generator("shapes")
+@DATA_SOURCES.register(name="shapes")
 def shapes(n, seed):
     """The procedural shapes-with-captions set (its own seeded generator)."""
     return to_tensor(make_shapes(n, seed=seed)["images"]), None
 
 
-def _shipped(name, model_cls):
-    """A generator that samples a shipped checkpoint's ``.sample(n, generator)``."""
+def _shipped_sampler(name):
+    """A shipped VAE's or GAN's ``.sample(n, generator)``."""
     def draw(n, seed):
         with torch.no_grad():
-            return load_pretrained(name, model_cls).sample(n, torch.Generator().manual_seed(seed)).clamp(-1, 1), None
+            return load_pretrained(name).sample(n, torch.Generator().manual_seed(seed)).clamp(-1, 1), None
     draw.__doc__ = f"Samples from the shipped checkpoint {name!r}."
     return draw
 
 
-for _name, _model_cls in [("vae_mnist", VAE), ("dcgan_mnist", GAN), ("dcgan_mnist_collapse", GAN)]:
-    GENERATORS[_name] = _shipped(_name, _model_cls)
-
-
-def _shipped_diffusion(name):
-    """A generator that walks a shipped denoiser back from noise; a class-conditional model is asked
-    for the digits 0, 1, …, 9, 0, 1, … in turn (with classifier-free guidance)."""
+def _shipped_denoiser(name):
+    """A shipped denoiser walked back from noise; a class-conditional one is asked for the digits
+    0, 1, …, 9, 0, 1, … in turn (with classifier-free guidance)."""
     def draw(n, seed, sampler="dpmpp_2m", steps=20, guidance_scale=3.0):
-        model = load_pretrained(name, UNet)
-        labels = None if model.num_classes is None else torch.arange(n) % model.num_classes
-        images = generate(model, n, sampler=sampler, num_inference_steps=steps, labels=labels, seed=seed,
+        model = load_pretrained(name)
+        classes = model.config.num_classes
+        labels = None if classes is None else torch.arange(n) % classes
+        images = generate(model, n, sampler=sampler, num_inference_steps=steps, seed=seed,
+                          cond=None if labels is None else {"labels": labels},
                           guidance_scale=1.0 if labels is None else guidance_scale)
         return images, labels
     draw.__doc__ = f"Samples from the shipped denoiser {name!r} (any sampler, any number of steps)."
     return draw
 
 
-DIFFUSION_SOURCES = ("ddpm_mnist", "ddpm_mnist_cond")
-for _name in DIFFUSION_SOURCES:
-    GENERATORS[_name] = _shipped_diffusion(_name)
+def diffusion_sources() -> list[str]:
+    """The shipped denoisers, as the manifest lists them."""
+    return sorted(name for name, entry in read_manifest().items() if entry["model"] == "UNet")
+
+
+def sources() -> dict:
+    """Everything ``sample`` can draw from: the data sources, then every shipped generative model."""
+    shipped = {name: _shipped_sampler(name) for name, entry in sorted(read_manifest().items())
+               if entry["model"] in SAMPLING_MODELS}
+    return {**DATA_SOURCES, **shipped, **{name: _shipped_denoiser(name) for name in diffusion_sources()}}
 
 
 def save_samples(images: torch.Tensor, labels, png_path) -> list:

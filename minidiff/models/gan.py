@@ -23,6 +23,7 @@ rejects G's images, i.e. at the start; −log σ(D(G(z))) has the same fixed poi
 there. R1 keeps D smooth around the real data, so D cannot grow arbitrarily sharp and G's gradients
 stay informative.
 """
+from dataclasses import dataclass
 from functools import partial
 
 import torch
@@ -81,18 +82,26 @@ class Discriminator(nn.Module):
         return self.body(x).squeeze(1)
 
 
+@dataclass
+class GANConfig:
+    z_dim: int = 64           # the generator's noise
+    g_channels: int = 32      # G's narrowest width (at 28×28; 4× at 7×7)
+    d_channels: int = 32      # D's first width
+    g_norm: str = "batch"     # "batch" (DCGAN) or "none" (chapter 03's collapse)
+
+
 class GAN(nn.Module):
     """The two players in one module, so one checkpoint (and the trainer's EMA) holds both."""
 
-    def __init__(self, z_dim: int = 64, g_channels: int = 32, d_channels: int = 32, g_norm: str = "batch"):
+    def __init__(self, config: GANConfig):
         super().__init__()
-        self.config = dict(z_dim=z_dim, g_channels=g_channels, d_channels=d_channels, g_norm=g_norm)
-        self.generator = Generator(z_dim, g_channels, g_norm)
-        self.discriminator = Discriminator(d_channels)
+        self.config = config
+        self.generator = Generator(config.z_dim, config.g_channels, config.g_norm)
+        self.discriminator = Discriminator(config.d_channels)
 
     def noise(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """z ~ N(0, I), (n, z_dim), on the model's device."""
-        z = torch.randn(n, self.config["z_dim"], generator=generator)
+        z = torch.randn(n, self.config.z_dim, generator=generator)
         return z.to(next(self.parameters()).device)
 
     @torch.no_grad()

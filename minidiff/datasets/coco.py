@@ -17,7 +17,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 from tqdm.auto import tqdm
 
-from minidiff.download import DataError, data_dir, download, extract, write_atomic
+from minidiff.files import DataError, data_dir, download, extract, write_atomic
 
 ANNOTATIONS = ("http://images.cocodataset.org/annotations/annotations_trainval2017.zip",
                "f4bbac642086de4f52a3fdda2de5fa2c")  # (url, md5 published by COCO)
@@ -25,7 +25,7 @@ IMAGES = {
     "val2017": ("http://images.cocodataset.org/zips/val2017.zip", "442b8da7639aecaf257c1dceb8ba8c80"),
     "train2017": ("http://images.cocodataset.org/zips/train2017.zip", "cced6f7f71b7629ddf16f17bbcfab6b2"),
 }
-FETCH = "`python -m minidiff data coco` (or minidiff.coco.fetch_coco(split, root) for another split or folder)"
+FETCH = "`python -m minidiff data coco` (or minidiff.datasets.coco.fetch_coco(split, root) for another split or folder)"
 
 
 def _root(root) -> Path:
@@ -136,7 +136,7 @@ def load_coco_subset(path):
     """
     path = Path(path)
     if not path.exists():
-        raise DataError(f"{path} is missing. Make it with minidiff.coco.build_coco_subset(*fetch_coco()).")
+        raise DataError(f"{path} is missing. Make it with minidiff.datasets.coco.build_coco_subset(*fetch_coco()).")
     try:
         with safe_open(path, framework="np") as f:
             metadata = f.metadata() or {}

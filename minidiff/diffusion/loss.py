@@ -11,12 +11,12 @@ three determines the others given x_t and ᾱ_t:
     "sample"         x_0                     the clean image
     "v_prediction"   v = √ᾱ·ε − √(1 − ᾱ)·x_0  a mix that stays well scaled at every t (Salimans & Ho, 2022)
 
-Schedules (ᾱ) come from ``minidiff.schedules``; t is an integer in [0, T).
+Schedules (ᾱ) come from ``minidiff.diffusion.schedules``; t is an integer in [0, T).
 """
 import torch
 import torch.nn.functional as F
 
-from .schedules import make_schedule, snr
+from minidiff.diffusion.schedules import snr
 
 PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
 
@@ -80,9 +80,23 @@ def loss_weight(snr_t: torch.Tensor, prediction_type: str, weighting: str = "min
     return {"epsilon": clipped / snr_t, "sample": clipped, "v_prediction": clipped / (snr_t + 1)}[prediction_type]
 
 
+def drop_conditions(cond: dict, uncond: dict, p: float) -> dict:
+    """Replace each example's condition by its unconditional twin with probability ``p`` (the same
+    examples for every key), so one network also learns the unconditional model that classifier-free
+    guidance needs (Ho & Salimans, 2022): labels become the null label, a caption the empty prompt."""
+    if not cond or p <= 0:
+        return cond
+    if set(uncond) != set(cond):
+        raise ValueError(f"uncond must have the same keys as cond ({sorted(cond)}), got {sorted(uncond)}")
+    first = next(iter(cond.values()))
+    dropped = torch.rand(first.shape[0], device=first.device) < p
+    return {k: torch.where(dropped.reshape(-1, *[1] * (v.ndim - 1)), uncond[k].expand_as(v), v)
+            for k, v in cond.items()}
+
+
 def diffusion_loss(model, x0: torch.Tensor, alphas_cumprod: torch.Tensor, prediction_type: str = "epsilon",
-                   weighting: str = "min_snr", gamma: float = 5.0, labels=None, label_dropout: float = 0.0,
-                   null_label: int | None = None, t: torch.Tensor | None = None,
+                   weighting: str = "min_snr", gamma: float = 5.0, cond: dict | None = None,
+                   uncond: dict | None = None, cond_dropout: float = 0.0, t: torch.Tensor | None = None,
                    noise: torch.Tensor | None = None) -> dict:
     """The training step of every diffusion model in the course (Ho et al., 2020, algorithm 1):
 
@@ -91,10 +105,11 @@ def diffusion_loss(model, x0: torch.Tensor, alphas_cumprod: torch.Tensor, predic
         3. add noise: x_t = √ᾱ_t · x_0 + √(1 − ᾱ_t) · ε,  ε ~ N(0, I)
         4. predict the target from (x_t, t) and take the weighted squared error
 
-    With class labels, a fraction ``label_dropout`` of them is replaced by ``null_label`` so the same
-    network also learns the unconditional model that classifier-free guidance needs. ``t`` and
-    ``noise`` are drawn at random unless given: fixing them gives a held-out loss without sampling
-    noise, and the exercises a checkable answer.
+    ``cond`` (a mapping: labels, text context, …) reaches the network unchanged, except that a
+    fraction ``cond_dropout`` of the examples get ``uncond`` instead (``drop_conditions``); without
+    ``cond`` the network is called as ``model(x_t, t)``. ``t`` and ``noise`` are drawn at random
+    unless given: fixing them gives a held-out loss without sampling noise, and the exercises a
+    checkable answer.
     """
     if prediction_type not in PREDICTION_TYPES:
         raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, not {prediction_type!r}")
@@ -103,10 +118,10 @@ def diffusion_loss(model, x0: torch.Tensor, alphas_cumprod: torch.Tensor, predic
     if noise is None:
         noise = torch.randn_like(x0)
     x_t = q_sample(x0, t, noise, alphas_cumprod)
-    if labels is not None and label_dropout > 0:
-        dropped = torch.rand(labels.shape, device=labels.device) < label_dropout
-        labels = torch.where(dropped, torch.full_like(labels, null_label), labels)
-    prediction = model(x_t, t) if labels is None else model(x_t, t, labels)
+    if cond:
+        prediction = model(x_t, t, drop_conditions(cond, uncond, cond_dropout))
+    else:
+        prediction = model(x_t, t)
     v = convert_prediction(noise, x_t, at_step(alphas_cumprod, t, x0), "epsilon", "v_prediction")
     target = {"epsilon": noise, "sample": x0, "v_prediction": v}
     per_example = F.mse_loss(prediction.float(), target[prediction_type].float(), reduction="none").flatten(1).mean(1)
@@ -114,11 +129,23 @@ def diffusion_loss(model, x0: torch.Tensor, alphas_cumprod: torch.Tensor, predic
     return {"loss": (weight * per_example).mean(), "mse": per_example.mean()}
 
 
-def unet_loss(model, batch, weighting: str = "min_snr", label_dropout: float = 0.1) -> dict:
-    """The one trainer's ``loss_fn`` for a U-Net on (images, labels) batches: the schedule and the
-    prediction type are the ones the model records; labels are used if the model takes classes."""
-    images, labels = batch
-    conditional = model.num_classes is not None
-    return diffusion_loss(model, images, make_schedule(model.schedule, model.num_train_steps).to(images.device),
-                          model.prediction_type, weighting, labels=labels if conditional else None,
-                          label_dropout=label_dropout if conditional else 0.0, null_label=model.num_classes)
+def split_batch(batch) -> tuple[torch.Tensor, dict]:
+    """A batch as (images, conditions): a mapping ``{"images": …, <condition>: …}`` (what
+    ``minidiff.datasets.mnist.ConditionedImages`` yields), or a bare tensor of images (no conditions)."""
+    if isinstance(batch, torch.Tensor):
+        return batch, {}
+    if isinstance(batch, dict) and "images" in batch:
+        return batch["images"], {k: v for k, v in batch.items() if k != "images"}
+    raise ValueError("a diffusion batch is a tensor of images or a mapping {'images': …, <condition>: …}; "
+                     f"got {type(batch).__name__}" + (f" with keys {sorted(batch)}" if isinstance(batch, dict) else ""))
+
+
+def unet_loss(model, batch, weighting: str = "min_snr", cond_dropout: float = 0.1) -> dict:
+    """The one trainer's ``loss_fn`` for a U-Net: the batch's conditions go to the network unchanged
+    (``cond_dropout`` of them replaced by the model's null condition), with the schedule and the
+    prediction type the model records."""
+    images, cond = split_batch(batch)
+    model.check_cond(cond, images.shape[0])
+    uncond = model.null_cond(cond) if cond and cond_dropout > 0 else None
+    return diffusion_loss(model, images, model.noise_schedule.alphas_cumprod, model.config.prediction_type,
+                          weighting, cond=cond, uncond=uncond, cond_dropout=cond_dropout)

@@ -4,18 +4,32 @@ a reference answer and prints one clear verdict; it returns True only when every
 The pattern every chapter uses: the student's cell defines a function whose body is
 ``raise NotImplementedError`` until they fill it in; the next cell calls ``check_<name>(fn)``,
 which reports "not done yet" instead of crashing, so the notebook always runs top to bottom.
-Reference solutions live in ``minidiff.solutions`` and CI runs them through the same checks.
+Reference solutions live in ``minidiff.course.solutions`` and CI runs them through the same checks.
 """
 import math
 
 import torch
 
-from . import solutions
-from .schedules import cosine_schedule, linear_schedule
+from minidiff.course import solutions
+from minidiff.diffusion.schedules import cosine_schedule, linear_schedule
 
 
-def _verdict(name: str, fn, cases) -> bool:
-    """Run ``fn`` on each ``(args, expected, hint)`` case; print ✅, ❌ with the first failure, or ⏳."""
+def _shape_hint(got, expected: torch.Tensor, shape_hint) -> str:
+    """What to look at when ``got`` is not a tensor of ``expected``'s shape."""
+    if got is None:
+        return "your function returned None: did you forget `return`?"
+    if not isinstance(got, torch.Tensor):
+        return "return a tensor: build the answer from torch operations, not math.* or .item()"
+    if shape_hint:
+        return shape_hint
+    if expected.ndim == 0:
+        return "the answer is a single number, a 0-dimensional tensor: finish with .mean() or .sum()"
+    return "print the .shape of each intermediate tensor to find the line that changes it"
+
+
+def _verdict(name: str, fn, cases, shape_hint: str = None) -> bool:
+    """Run ``fn`` on each ``(args, expected, hint)`` case; print ✅, ❌ with the first failure and a hint,
+    or ⏳. ``shape_hint`` is the hint for an answer of the wrong shape (a generic one by default)."""
     for args, expected, hint in cases:
         try:
             got = fn(*args)
@@ -27,7 +41,8 @@ def _verdict(name: str, fn, cases) -> bool:
             return False
         if not isinstance(got, torch.Tensor) or got.shape != expected.shape:
             shape = tuple(got.shape) if isinstance(got, torch.Tensor) else type(got).__name__
-            print(f"❌ {name}: expected a tensor of shape {tuple(expected.shape)}, got {shape}.")
+            print(f"❌ {name}: expected a tensor of shape {tuple(expected.shape)}, got {shape}. "
+                  f"Hint: {_shape_hint(got, expected, shape_hint)}")
             return False
         if not torch.allclose(got.float(), expected.float(), atol=1e-5, rtol=1e-4):
             error = (got.float() - expected.float()).abs().max().item()
@@ -47,7 +62,8 @@ def check_mosaic(fn) -> bool:
                                ((1, 1, 6, 6), 1, "block 1 leaves the image unchanged")]:
         x = torch.rand(shape, generator=g) * 2 - 1
         cases.append(((x, block), solutions.mosaic(x, block), hint))
-    return _verdict("mosaic", fn, cases)
+    return _verdict("mosaic", fn, cases, "paint each tile with its average: repeat every average block times "
+                                        "along H and W (repeat_interleave), so the output has the input's shape")
 
 
 def check_add_noise(fn) -> bool:
@@ -74,7 +90,8 @@ def check_discriminator_loss(fn) -> bool:
               "at logit 120, 1 − σ(l) rounds to 0 and log(0) = −∞: use softplus, "
               "−log(1 − σ(l)) = softplus(l)")]
     return _verdict("discriminator_loss", fn,
-                    [(args, solutions.discriminator_loss(*args), hint) for args, hint in cases])
+                    [(args, solutions.discriminator_loss(*args), hint) for args, hint in cases],
+                    "the loss is one number: take the .mean() of each batch's terms, then add the two means")
 
 
 def check_generator_loss(fn) -> bool:
@@ -83,7 +100,8 @@ def check_generator_loss(fn) -> bool:
              ((_logits(2, 7, 2),), "minimise −log σ(D(G(z))), not log(1 − σ(D(G(z))))"),
              ((torch.tensor([-120.0, 30.0]),), "σ(−120) rounds to 0 and log(0) = −∞: use softplus, "
                                                "−log σ(l) = softplus(−l)")]
-    return _verdict("generator_loss", fn, [(args, solutions.generator_loss(*args), hint) for args, hint in cases])
+    return _verdict("generator_loss", fn, [(args, solutions.generator_loss(*args), hint) for args, hint in cases],
+                    "the loss is one number: take the .mean() over the batch")
 
 
 def check_q_sample(fn) -> bool:
@@ -97,7 +115,8 @@ def check_q_sample(fn) -> bool:
                               (cosine_schedule(), torch.tensor([3, 250, 500, 900]),
                                "each image has its own t: index alphas_cumprod[t] and reshape to (B, 1, 1, 1)")]:
         cases.append(((x0, t, noise, schedule), solutions.q_sample(x0, t, noise, schedule), hint))
-    return _verdict("q_sample", fn, cases)
+    return _verdict("q_sample", fn, cases, "x_t has x_0's shape: reshape alphas_cumprod[t] to (B, 1, 1, 1) "
+                                          "so each image is scaled by its own ᾱ_t")
 
 
 def check_epsilon_loss(fn) -> bool:
@@ -123,7 +142,8 @@ def check_epsilon_loss(fn) -> bool:
               "a model that always says 0 scores mean(ε²): the target is ε, not x_0"),
              ((toy, x0, t, noise, schedule), solutions.epsilon_loss(toy, x0, t, noise, schedule),
               "give the model the noisy x_t (q_sample of x0 at t) and t, not x_0")]
-    return _verdict("epsilon_loss", fn, cases)
+    return _verdict("epsilon_loss", fn, cases, "the loss is one number: the .mean() of (model(x_t, t) − ε)² "
+                                              "over every pixel of every image")
 
 
 def check_x0_from_epsilon(fn) -> bool:
@@ -179,7 +199,8 @@ def check_psnr_per_image(fn) -> bool:
               "an error of 0.1 everywhere is MSE 0.01; peak² = 4 because [-1, 1] is 2 wide: 26.0 dB"),
              ((noisy, x), solutions.psnr_per_image(noisy, x),
               "average the squared error over each image's own pixels: .flatten(1).mean(1)")]
-    return _verdict("psnr_per_image", fn, cases)
+    return _verdict("psnr_per_image", fn, cases, "one PSNR per image: average the squared error with "
+                                                ".flatten(1).mean(1), not .mean() over the whole batch")
 
 
 def check_reparameterize(fn) -> bool:
@@ -203,4 +224,5 @@ def check_kl_divergence(fn) -> bool:
              ((zeros + 1, zeros), torch.full((3,), 2.5), "μ = 1 costs ½ · μ² = 0.5 per number"),
              ((mean, logvar), solutions.kl_divergence(mean, logvar),
               "½ Σ (μ² + σ² − log σ² − 1), summed per image: flatten(1).sum(1)")]
-    return _verdict("kl_divergence", fn, cases)
+    return _verdict("kl_divergence", fn, cases, "one KL per image: sum with .flatten(1).sum(1), not .sum() "
+                                               "over the whole batch")

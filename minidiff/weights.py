@@ -1,0 +1,173 @@
+"""Shipped weights: ``data/checkpoints/<name>.safetensors`` and the manifest that vouches for them.
+
+Each file has one entry in ``data/checkpoints/manifest.json`` saying which model class and config
+built it, its SHA-256, the data, steps, wall time, hardware and metrics, and the one command (the
+*recipe*) that re-creates it. ``load_pretrained(name)`` checks all of that and rebuilds the model
+from the manifest alone: ``MODELS`` is the one list of model classes a checkpoint may hold (add a new
+model there). Training checkpoints, for resuming a run, are ``minidiff.resume``'s.
+
+Tensors go to safetensors and everything else to JSON, so loading a file can never run code (unlike
+``torch.save``/``pickle``). Every write goes to a temporary file in the same folder, is fsynced, and is
+renamed into place with ``os.replace``, which is atomic: a crash leaves the old file or the new one.
+"""
+import dataclasses
+import datetime
+import json
+from pathlib import Path
+
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from minidiff.devices import hardware_description
+from minidiff.files import DataError, data_dir, save_safetensors_atomic, sha256sum, verify_sha256, write_json_atomic
+from minidiff.models.autoencoder import VAE, Autoencoder, AutoencoderConfig, VAEConfig
+from minidiff.models.classifier import ClassifierConfig, MNISTClassifier
+from minidiff.models.gan import GAN, GANConfig
+from minidiff.models.unet import UNet, UNetConfig
+
+# the model classes a checkpoint may hold, each with the config dataclass that builds it
+MODELS = {cls.__name__: (cls, config_cls) for cls, config_cls in [
+    (Autoencoder, AutoencoderConfig), (VAE, VAEConfig), (GAN, GANConfig), (MNISTClassifier, ClassifierConfig),
+    (UNet, UNetConfig)]}
+
+
+# ----------------------------------------------------------------------------- shipped weights
+
+def checkpoints_dir(directory=None) -> Path:
+    return Path(directory) if directory is not None else data_dir() / "checkpoints"
+
+
+def read_manifest(directory=None) -> dict:
+    """The manifest (name -> entry); empty if there is none yet."""
+    path = checkpoints_dir(directory) / "manifest.json"
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path} is not valid JSON ({e}). Restore it with `git checkout -- {path}`.")
+
+
+def model_config(model) -> dict:
+    """``model.config`` (its config dataclass) as a JSON-ready dict (tuples become lists)."""
+    if type(model).__name__ not in MODELS or not dataclasses.is_dataclass(model.config):
+        raise TypeError(f"{type(model).__name__} cannot be shipped: add it, with its config dataclass, "
+                        "to minidiff.weights.MODELS")
+    return json.loads(json.dumps(dataclasses.asdict(model.config)))
+
+
+def describe_segments(segments: list[dict]) -> str:
+    """The manifest's ``hardware`` line from a run's log of where it trained (``TrainResult.segments``:
+    one ``{"steps": [first, last], "hardware", "wall_time_s"}`` per stretch between resumes). A run on
+    one machine is that machine; a run resumed elsewhere lists each machine with its steps and time."""
+    merged = []
+    for segment in segments:
+        if merged and merged[-1]["hardware"] == segment["hardware"]:
+            last = merged[-1]
+            merged[-1] = {"steps": [last["steps"][0], segment["steps"][1]], "hardware": segment["hardware"],
+                          "wall_time_s": last["wall_time_s"] + segment["wall_time_s"]}
+        else:
+            merged.append(segment)
+    if len(merged) == 1:
+        return merged[0]["hardware"]
+    return "; ".join(f"{s['hardware']}: steps {s['steps'][0]:,}–{s['steps'][1]:,} ({s['wall_time_s']:,.0f} s)"
+                     for s in merged)
+
+
+def save_weights(model, name: str, *, directory=None, recipe: str, data: str, steps: int,
+                 wall_time_s: float, hardware: str | None = None, metrics: dict | None = None) -> Path:
+    """Save ``model``'s weights as ``<name>.safetensors`` and record how they were made in the manifest.
+
+    The file's metadata names the model class and config too, so a file copied without its manifest
+    still says what it is. Other manifest entries are left untouched.
+    """
+    directory = checkpoints_dir(directory)
+    path = directory / f"{name}.safetensors"
+    config = model_config(model)
+    metadata = {"minidiff_model": type(model).__name__, "config": json.dumps(config, sort_keys=True)}
+    save_safetensors_atomic(model.state_dict(), path, metadata)
+    manifest = read_manifest(directory)
+    manifest[name] = {
+        "file": path.name,
+        "sha256": sha256sum(path),
+        "model": type(model).__name__,
+        "config": config,
+        "recipe": recipe,
+        "data": data,
+        "steps": steps,
+        "wall_time_s": round(wall_time_s, 1),
+        "hardware": hardware or hardware_description(),
+        "metrics": metrics or {},
+        "created": datetime.date.today().isoformat(),
+    }
+    write_json_atomic(dict(sorted(manifest.items())), directory / "manifest.json")
+    return path
+
+
+def record_metrics(name: str, metrics: dict, *, directory=None) -> dict:
+    """Add measurements made after training (e.g. a slow benchmark) to ``name``'s manifest entry;
+    the weights and their hash are untouched. Returns the entry's updated metrics."""
+    directory = checkpoints_dir(directory)
+    manifest = read_manifest(directory)
+    if name not in manifest:
+        raise DataError(f"No checkpoint named {name!r} in {directory / 'manifest.json'}: ship it first with "
+                        f"`python -m minidiff train {name}`.")
+    manifest[name]["metrics"] = {**manifest[name]["metrics"], **metrics}
+    write_json_atomic(manifest, directory / "manifest.json")
+    return manifest[name]["metrics"]
+
+
+def load_pretrained(name: str, *, directory=None, device="cpu"):
+    """The shipped model ``name``, rebuilt from its manifest entry (class and config), with its
+    verified weights, in eval mode. Every way this can go wrong raises one DataError that names the
+    file and says how to fix it."""
+    directory = checkpoints_dir(directory)
+    manifest = read_manifest(directory)
+    if name not in manifest:
+        available = ", ".join(sorted(manifest)) or "none"
+        raise DataError(f"No checkpoint named {name!r} in {directory / 'manifest.json'} "
+                        f"(available: {available}). Create it with its chapter's recipe, e.g. "
+                        f"`python -m minidiff train {name}`.")
+    entry = manifest[name]
+    path = directory / entry["file"]
+    recipe = entry["recipe"]
+    if not path.exists():
+        raise DataError(f"{path} is missing. Re-create it with `{recipe}`, "
+                        f"or restore it with `git checkout -- {path}`.")
+    verify_sha256(path, entry["sha256"], f"Re-create it with `{recipe}`, "
+                                         f"or restore it with `git checkout -- {path}`.")
+
+    with safe_open(str(path), framework="pt") as f:
+        metadata = f.metadata() or {}
+    held = metadata.get("minidiff_model", "unknown model")
+    if held != entry["model"]:
+        raise DataError(f"{path} holds a {held}, but the manifest says {entry['model']}. "
+                        f"Re-create it with `{recipe}`, or restore both with `git checkout -- {directory}`.")
+    if held not in MODELS:
+        raise DataError(f"{path} holds a {held}, which this version of minidiff does not know "
+                        f"(it knows {', '.join(MODELS)}). Update minidiff, or pick another checkpoint.")
+    if json.loads(metadata.get("config", "null")) != entry["config"]:
+        raise DataError(f"{path} was saved with config {metadata.get('config')}, but the manifest says "
+                        f"{json.dumps(entry['config'], sort_keys=True)}. Re-create it with `{recipe}`.")
+
+    model_cls, config_cls = MODELS[held]
+    config, state = entry["config"], load_file(str(path), device="cpu")
+    upgrade = getattr(model_cls, "upgrade_checkpoint", None)
+    if upgrade is not None:
+        config, state = upgrade(config, state)
+    try:
+        model = model_cls(config_cls(**config))
+    except (TypeError, ValueError) as err:
+        raise DataError(f"{path}: its config no longer builds a {held} ({err}). Re-create it with `{recipe}`.")
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in state.items()}
+    if expected != found:
+        problems = [f"missing {k}" for k in expected.keys() - found.keys()]
+        problems += [f"unexpected {k}" for k in found.keys() - expected.keys()]
+        problems += [f"{k} is {found[k]}, expected {expected[k]}"
+                     for k in expected.keys() & found.keys() if found[k] != expected[k]]
+        raise DataError(f"{path} does not fit {held}({entry['config']}): "
+                        f"{'; '.join(sorted(problems)[:5])}. The code changed since it was saved: "
+                        f"re-create it with `{recipe}`.")
+    model.load_state_dict(state)
+    return model.to(device).eval()

@@ -1,0 +1,152 @@
+"""Every script in benchmarks/ still runs: each one's ``--smoke`` mode (a few training steps, a handful of
+samples, few NFEs, one seed) goes end to end through the real code — no mocks — into a temporary folder,
+and writes the fields its committed results have. The committed results and the shipped manifest are
+never touched (checked byte for byte). A new script fails ``test_every_benchmark_script_is_smoke_tested``
+until it gets a check here."""
+import hashlib
+import json
+import math
+import runpy
+from pathlib import Path
+
+import pytest
+
+from minidiff.diffusion.samplers import SAMPLERS
+from minidiff.weights import read_manifest
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCHMARKS = ROOT / "benchmarks"
+COMMITTED = BENCHMARKS / "results"
+SHIPPED = [ROOT / "data" / "checkpoints" / "manifest.json", *sorted(COMMITTED.iterdir())]
+
+
+@pytest.fixture(autouse=True)
+def shipped_files_untouched():
+    """No smoke run may write the committed results or the manifest."""
+    def digests():
+        return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in SHIPPED if p.is_file()}
+    before = digests()
+    yield
+    assert digests() == before, "a benchmark's smoke run changed the committed results or the manifest"
+    assert sorted(COMMITTED.iterdir()) == SHIPPED[1:], "a benchmark's smoke run wrote into benchmarks/results"
+
+
+def smoke(script, results, monkeypatch, *options):
+    """``python benchmarks/<script> --smoke --results <results> <options>``, in this process (so the
+    judge's test statistics are computed once for every script). Returns the folder."""
+    monkeypatch.syspath_prepend(str(BENCHMARKS))  # as `python benchmarks/x.py` does: its own folder first
+    main = runpy.run_path(str(BENCHMARKS / script), run_name=f"benchmark_{Path(script).stem}")["main"]
+    main(["--smoke", "--results", str(results), *options])
+    return results
+
+
+def written(path, like=None, extra=()):
+    """The JSON a smoke run wrote, marked "smoke", with the committed file's fields (``like``) and ``extra``."""
+    assert path.exists(), f"{path.name} was not written"
+    report = json.loads(path.read_text())
+    assert report.pop("smoke") is True
+    if like is not None:
+        assert set(report) == set(json.loads((COMMITTED / like).read_text())) | set(extra)
+    return report
+
+
+def committed_row_fields(name):
+    rows = json.loads((COMMITTED / name).read_text())["rows"]
+    return set.intersection(*(set(r) for r in rows))  # the fields every committed row has
+
+
+def check_sampling_speed(tmp_path, monkeypatch, capsys):
+    report = written(smoke("sampling_speed.py", tmp_path, monkeypatch) / "sampling_speed_ddpm_mnist_cpu.json",
+                     like="sampling_speed_ddpm_mnist_cpu.json")
+    assert (report["batch"], report["device"]) == (4, "cpu") and report["network_calls_per_s"] > 0
+    assert [r["sampler"] for r in report["rows"]] == list(SAMPLERS)
+    for row in report["rows"]:
+        assert set(row) == committed_row_fields("sampling_speed_ddpm_mnist_cpu.json")
+        assert row["nfe"] == 3 and row["images_per_s"] > 0
+
+
+def check_fid_vs_nfe(tmp_path, monkeypatch, capsys):
+    out = smoke("fid_vs_nfe.py", tmp_path, monkeypatch) / "fid_vs_nfe_ddpm_mnist.json"
+    report = written(out, like="fid_vs_nfe_ddpm_mnist.json")
+    assert report["sha256"] == read_manifest()["ddpm_mnist"]["sha256"]
+    assert report["real_vs_real_fid"] > 0
+    rows = report["rows"]
+    assert sorted(r["sampler"] for r in rows) == sorted(SAMPLERS)  # the 4-step DDPM reference is DDPM's row
+    for row in rows:
+        assert set(row) == committed_row_fields("fid_vs_nfe_ddpm_mnist.json")
+        assert (row["samples"], row["seed"]) == (16, 0) and math.isfinite(row["fid"])
+    smoke("fid_vs_nfe.py", tmp_path, monkeypatch)  # a re-run resumes: every row is there already
+    assert json.loads(out.read_text())["rows"] == rows
+
+
+def check_samplers_vs_diffusers(tmp_path, monkeypatch, capsys):
+    # minidiff's rows come from fid_vs_nfe's file in the same --results folder (same samples and NFE)
+    smoke("fid_vs_nfe.py", tmp_path, monkeypatch, "--samplers", "ddim", "dpmpp_2m", "--nfe", "3", "--samples", "8",
+          "--reference", "0")
+    capsys.readouterr()
+    report = written(smoke("samplers_vs_diffusers.py", tmp_path, monkeypatch) / "samplers_vs_diffusers_ddpm_mnist.json",
+                     like="samplers_vs_diffusers_ddpm_mnist.json")
+    assert report["sha256"] == read_manifest()["ddpm_mnist"]["sha256"]
+    assert sorted((r["scheduler"], r["timestep_spacing"]) for r in report["rows"]) == [
+        ("ddim", "default"), ("ddim", "trailing"), ("dpmsolver++", "default"), ("dpmsolver++", "trailing")]
+    for row in report["rows"]:
+        assert set(row) == committed_row_fields("samplers_vs_diffusers_ddpm_mnist.json")
+        assert (row["nfe"], row["samples"], row["seed"]) == (3, 8, 0) and math.isfinite(row["fid"])
+    table = {line[:34].strip(): line[34:].split() for line in capsys.readouterr().out.splitlines()}
+    for sampler in ("minidiff ddim", "minidiff dpmpp_2m", "diffusers ddim (default)"):
+        assert math.isfinite(float(table[sampler][0])), f"no FID for {sampler} in the table"
+
+
+def check_ddpm_vs_diffusers(tmp_path, monkeypatch, capsys):
+    """Both sides train (a step or so each) and are sampled: diffusers' UNet2DModel through
+    ``sample_diffusers`` (which once got a lambda, and crashed after all the training)."""
+    report = written(smoke("ddpm_vs_diffusers.py", tmp_path, monkeypatch) / "ddpm_vs_diffusers.json",
+                     like="ddpm_vs_diffusers.json", extra=["batch_size"])  # said when not the default
+    assert (report["sampler"], report["sampling_steps"], report["samples"], report["batch_size"]) == ("ddim", 3, 8, 8)
+    committed = json.loads((COMMITTED / "ddpm_vs_diffusers.json").read_text())["rows"]
+    assert report["rows"].keys() == committed.keys() == {"minidiff", "diffusers"}
+    for name, row in report["rows"].items():
+        assert row.keys() == committed[name].keys()
+        assert row["train_steps"] >= 1 and math.isfinite(row["fid"])
+
+
+def check_protocol_cost(tmp_path, monkeypatch, capsys):
+    report = written(smoke("protocol_cost.py", tmp_path, monkeypatch) / "protocol_cost.json")
+    assert set(report) == {"hardware", "threads", "scoring_images", "scoring_images_per_s", "evaluation_samples",
+                           "evaluation_s", "trainer_steps", "trainer_images_per_s", "unet_like_parameters",
+                           "unet_like_batch", "unet_like_images_per_s", "protocol_hours", "real_vs_real_fid"}
+    assert (report["scoring_images"], report["evaluation_samples"], report["trainer_steps"]) == (500, 100, 4)
+    assert 0.9e6 < report["unet_like_parameters"] < 1.1e6 and report["trainer_images_per_s"] > 0
+    assert list(report["real_vs_real_fid"]) == ["500"] and report["real_vs_real_fid"]["500"] > 0
+
+
+CHECKS = {"sampling_speed.py": check_sampling_speed, "fid_vs_nfe.py": check_fid_vs_nfe,
+          "samplers_vs_diffusers.py": check_samplers_vs_diffusers, "ddpm_vs_diffusers.py": check_ddpm_vs_diffusers,
+          "protocol_cost.py": check_protocol_cost}
+FAST = {"sampling_speed.py"}  # about a second; the others load the judge's test statistics or train
+
+
+def test_every_benchmark_script_is_smoke_tested():
+    assert set(CHECKS) == {p.name for p in BENCHMARKS.glob("*.py")}
+
+
+@pytest.mark.parametrize("script", [s if s in FAST else pytest.param(s, marks=pytest.mark.slow) for s in CHECKS])
+def test_benchmark_smoke_run_writes_its_results(script, tmp_path, monkeypatch, capsys):
+    CHECKS[script](tmp_path, monkeypatch, capsys)
+
+
+@pytest.mark.slow
+def test_fid_vs_nfe_smoke_on_a_conditional_model_with_a_karras_range(tmp_path, monkeypatch):
+    """The class labels go to ``generate`` as ``cond`` (with guidance), and a moved Karras range is recorded."""
+    out = smoke("fid_vs_nfe.py", tmp_path, monkeypatch, "--model", "ddpm_mnist_cond", "--samplers", "dpmpp_2m_sde",
+                "--sigma-min", "0.2", "--sigma-max", "20", "--reference", "0") / "fid_vs_nfe_ddpm_mnist_cond.json"
+    [row] = written(out)["rows"]
+    assert (row["sampler"], row["spacing"], row["sigma_min"], row["sigma_max"]) == ("dpmpp_2m_sde", "karras", 0.2, 20)
+    assert row["guidance_scale"] == 3.0 and 0 <= row["accuracy"] <= 1
+
+
+@pytest.mark.parametrize("script", sorted(CHECKS))
+def test_smoke_refuses_to_write_the_committed_results(script, monkeypatch, capsys):
+    with pytest.raises(SystemExit) as refused:
+        smoke(script, COMMITTED, monkeypatch)
+    assert refused.value.code == 2 and "--smoke does not write into" in capsys.readouterr().err

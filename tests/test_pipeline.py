@@ -1,0 +1,158 @@
+"""The pipeline around the samplers: the denoiser adapter (prediction types, classifier-free guidance
+for any condition) and ``generate`` (seeds, batches, conditions, decoding)."""
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from minidiff.diffusion import samplers, schedules
+from minidiff.diffusion.loss import PREDICTION_TYPES, convert_prediction
+from minidiff.diffusion.pipeline import generate, starting_noise
+from minidiff.models.unet import UNet, UNetConfig
+
+
+class ExactModel(torch.nn.Module):
+    """A "network" that knows x_0 and answers in any prediction type at a fractional step t."""
+
+    def __init__(self, x0, prediction_type):
+        super().__init__()
+        self.x0, self.config = x0, SimpleNamespace(prediction_type=prediction_type)
+        self.noise_schedule = schedules.NoiseSchedule("cosine", 1000).double()
+
+    def forward(self, x_t, t):
+        log_sigmas = self.noise_schedule.log_sigmas
+        low = t.floor().long().clamp(max=len(log_sigmas) - 2)
+        sigma = torch.lerp(log_sigmas[low], log_sigmas[low + 1], t - low).exp()
+        alpha_bar = schedules.alphas_cumprod_from_sigmas(sigma).reshape(-1, 1, 1, 1)
+        return convert_prediction(self.x0, x_t, alpha_bar, "sample", self.config.prediction_type)
+
+
+@pytest.mark.parametrize("prediction_type", PREDICTION_TYPES)
+def test_model_denoiser_reads_every_prediction_type(prediction_type):
+    x0 = torch.randn(3, 1, 4, 4, dtype=torch.float64)
+    denoiser = samplers.model_denoiser(ExactModel(x0, prediction_type))
+    for sigma in (0.05, 1.3, 40.0):
+        x = x0 + sigma * torch.randn_like(x0)
+        assert torch.allclose(denoiser(x, sigma), x0, atol=1e-6)
+
+
+def conditioned_unet(**kw):
+    torch.manual_seed(0)
+    model = UNet(UNetConfig(1, 8, channels=(8, 16), attention=(False, True), num_res_blocks=1, groups=4, heads=2,
+                            dropout=0.0, **kw)).eval()
+    torch.nn.init.normal_(model.head[-1].weight, std=0.3)
+    return model
+
+
+CONTEXT, EMPTY = torch.randn(2, 3, 6, generator=torch.Generator().manual_seed(1)), torch.zeros(1, 3, 6)
+GUIDED = {  # condition → (model options, cond, uncond)
+    "labels": (dict(num_classes=4), {"labels": torch.tensor([1, 3])}, None),  # the null label by default
+    "context": (dict(context_dim=6), {"context": CONTEXT}, {"context": EMPTY.expand(2, -1, -1)}),
+    "labels and context": (dict(num_classes=4, context_dim=6), {"labels": torch.tensor([1, 3]), "context": CONTEXT},
+                           {"labels": torch.tensor([4, 4]), "context": EMPTY.expand(2, -1, -1)}),
+}
+
+
+@pytest.mark.parametrize("condition", list(GUIDED))
+def test_guidance_is_the_mix_of_a_conditional_and_an_unconditional_call(condition):
+    """One doubled batch in the adapter = two separate network calls mixed by hand:
+    D = x̂_0(∅) + w · (x̂_0(c) − x̂_0(∅)), here with an ε-predicting U-Net."""
+    options, cond, uncond = GUIDED[condition]
+    model = conditioned_unet(**options)
+    x, sigma, w = torch.randn(2, 1, 8, 8), 2.5, 4.0
+    alpha_bar = torch.tensor(1 / (1 + sigma ** 2))
+    x_t, t = x * alpha_bar.sqrt(), model.noise_schedule.timestep(torch.full((2,), sigma))
+    with torch.no_grad():
+        on, off = model(x_t, t, cond), model(x_t, t, uncond or {"labels": torch.tensor([4, 4])})
+    by_hand = convert_prediction(off + w * (on - off), x_t, alpha_bar, "epsilon", "sample")
+    with torch.no_grad():
+        guided = samplers.model_denoiser(model, cond, uncond, guidance_scale=w)(x, sigma)
+    torch.testing.assert_close(guided, by_hand, atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(on, off)  # the condition matters, so the test can fail
+
+
+def test_guidance_needs_matching_conditions():
+    model = conditioned_unet(num_classes=4, context_dim=6)
+    with pytest.raises(ValueError, match="same keys"):
+        samplers.model_denoiser(model, {"labels": torch.tensor([1]), "context": CONTEXT[:1]},
+                                {"labels": torch.tensor([4])}, guidance_scale=2.0)
+    with pytest.raises(ValueError, match="empty prompt"):
+        samplers.model_denoiser(conditioned_unet(context_dim=6), {"context": CONTEXT}, guidance_scale=2.0)
+    with pytest.raises(ValueError, match="needs a condition"):
+        samplers.model_denoiser(conditioned_unet(), guidance_scale=2.0)
+
+
+def tiny_unet(**kw):
+    torch.manual_seed(0)
+    model = UNet(UNetConfig(1, 8, channels=(8, 16), attention=(False, True), num_res_blocks=1, groups=4, heads=2,
+                            **kw))
+    torch.nn.init.normal_(model.head[-1].weight, std=0.1)
+    return model
+
+
+@pytest.mark.parametrize("sampler", list(samplers.SAMPLERS))
+def test_generate_is_seeded_and_shaped(sampler):
+    model = tiny_unet(prediction_type="v_prediction")
+    a = generate(model, 5, sampler=sampler, num_inference_steps=4, seed=1, progress=False)
+    b = generate(model, 5, sampler=sampler, num_inference_steps=4, seed=1, progress=False)
+    c = generate(model, 5, sampler=sampler, num_inference_steps=4, seed=2, progress=False)
+    assert a.shape == (5, 1, 8, 8) and a.abs().max() <= 1
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_generate_deterministic_samples_do_not_depend_on_the_batch_size():
+    model = tiny_unet()
+    whole = generate(model, 6, sampler="dpmpp_2m", num_inference_steps=5, progress=False)
+    pieces = generate(model, 6, sampler="dpmpp_2m", num_inference_steps=5, batch_size=4, progress=False)
+    assert torch.allclose(whole, pieces, atol=1e-5)
+
+
+def test_generate_walks_the_moved_karras_range():
+    """``generate(sigma_min=…, sigma_max=…)`` is the sampler run by hand on ``schedule_sigmas``'s range."""
+    model = tiny_unet(prediction_type="v_prediction")
+    images = generate(model, 3, sampler="dpmpp_2m", num_inference_steps=6, sigma_min=0.05, sigma_max=10.0,
+                      seed=4, progress=False)
+    sigmas = samplers.sigmas_karras(6, 0.05, 10.0)
+    by_hand = samplers.sample_dpmpp_2m(samplers.model_denoiser(model), starting_noise(3, (1, 8, 8), 4) * 10.0, sigmas)
+    assert torch.allclose(images, by_hand.clamp(-1, 1), atol=1e-6)
+
+
+def test_generate_cuts_conditions_into_batches_and_shares_a_single_row():
+    model = tiny_unet(num_classes=3)
+    labels = torch.tensor([0, 1, 2, 0, 1])
+    whole = generate(model, 5, sampler="ddim", num_inference_steps=3, cond={"labels": labels}, guidance_scale=2.0,
+                     progress=False)
+    pieces = generate(model, 5, sampler="ddim", num_inference_steps=3, cond={"labels": labels}, guidance_scale=2.0,
+                      batch_size=2, progress=False)
+    assert torch.allclose(whole, pieces, atol=1e-5)
+    one_row = generate(model, 5, sampler="ddim", num_inference_steps=3, cond={"labels": torch.tensor([1])},
+                       progress=False)
+    each = generate(model, 5, sampler="ddim", num_inference_steps=3, cond={"labels": torch.ones(5, dtype=torch.long)},
+                    progress=False)
+    assert torch.equal(one_row, each)
+    with pytest.raises(ValueError, match="3 rows; give one per image \\(5\\) or one for all"):
+        generate(model, 5, sampler="ddim", num_inference_steps=3, cond={"labels": labels[:3]}, progress=False)
+
+
+def test_latents_are_decoded_before_the_one_clamp():
+    """A latent model's samples are unbounded numbers: the decoder sees them as they are; only the
+    pictures are clamped."""
+    model = tiny_unet()
+    seen = []
+
+    def decode(latents):
+        seen.append(latents)
+        return latents * 10
+    images = generate(model, 4, sampler="euler", num_inference_steps=3, decode=decode, progress=False)
+    raw = generate(model, 4, sampler="euler", num_inference_steps=3, decode=lambda z: z * 1.0, progress=False)
+    assert seen[0].abs().max() > 0 and torch.equal(images, (seen[0] * 10).clamp(-1, 1))
+    assert raw.abs().max() <= 1
+
+
+def test_bad_sampler_or_option_is_one_clear_error():
+    with pytest.raises(ValueError, match="unknown sampler 'plms'"):
+        generate(tiny_unet(), 1, sampler="plms")
+    with pytest.raises(ValueError, match="sampler 'euler' takes no option eta \\(it has no options\\)"):
+        generate(tiny_unet(), 1, sampler="euler", eta=0.5)
+    with pytest.raises(ValueError, match="takes no option etta \\(its options: eta\\)"):
+        generate(tiny_unet(), 1, sampler="ddim", etta=0.5)
