@@ -26,11 +26,11 @@ learning rate, EMA with warm-up — all through the one trainer.
 import argparse
 import dataclasses
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from samplers_vs_diffusers import sample_diffusers
+from smoke import add_output_options, parse_args
 
 from minidiff import metrics
 from minidiff.course.recipes.ddpm import ddpm_mnist_config, ddpm_mnist_model
@@ -41,10 +41,8 @@ from minidiff.diffusion.pipeline import generate, starting_noise
 from minidiff.files import write_json_atomic
 from minidiff.train import batch_indices, train
 
-RESULTS = Path(__file__).parent / "results"
-SMOKE_RESULTS = Path(__file__).resolve().parent.parent / "outputs" / "benchmarks-smoke"
 BATCH_SIZE, PROBE_STEPS = 128, 12  # both sides' batch; steps timed to size the budget
-SMOKE = dict(minutes=0.005, steps=3, samples=8, batch_size=8, probe_steps=1, results=SMOKE_RESULTS)
+SMOKE = dict(minutes=0.005, steps=3, samples=8, batch_size=8, probe_steps=1)
 
 
 def steps_for(seconds_per_step: float, minutes: float) -> int:
@@ -114,16 +112,6 @@ def sample_peer(model, train_scheduler, sampler, steps, n):
     return sample_diffusers(scheduler, model, starting_noise(n, (1, 28, 28)), steps)
 
 
-def parse_args(parser, argv):
-    """``--smoke`` swaps the defaults for ``SMOKE``'s (options given on the command line still win),
-    and a smoke run never writes into the committed results."""
-    if parser.parse_known_args(argv)[0].smoke:
-        parser.set_defaults(**SMOKE)
-    args = parser.parse_args(argv)
-    if args.smoke and args.results.resolve() == RESULTS.resolve():
-        parser.error(f"--smoke does not write into {RESULTS}: give --results another folder")
-    return args
-
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -133,9 +121,8 @@ def main(argv=None):
     parser.add_argument("--samples", type=int, default=metrics.PROTOCOL_SAMPLES)
     parser.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="training batch for both sides")
     parser.add_argument("--probe-steps", type=int, default=PROBE_STEPS, help="steps timed to size each budget")
-    parser.add_argument("--results", type=Path, default=RESULTS, help="folder of the results file")
-    parser.add_argument("--smoke", action="store_true", help="a seconds-long run of the same code (see SMOKE)")
-    args = parse_args(parser, argv)
+    add_output_options(parser, help="folder of the results file")
+    args = parse_args(parser, argv, SMOKE)
 
     ours, our_steps, our_time = train_minidiff(args.minutes, args.batch_size, args.probe_steps)
     peer, peer_scheduler, peer_steps, peer_time = train_diffusers(args.minutes, args.batch_size,

@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import torch
+from smoke import RESULTS, add_output_options, parse_args
 
 from minidiff import metrics
 from minidiff.devices import hardware_description, pick_device
@@ -35,9 +36,7 @@ from minidiff.diffusion.samplers import SAMPLERS, default_spacing, nfe_for_steps
 from minidiff.files import write_json_atomic
 from minidiff.weights import load_pretrained, read_manifest, record_metrics
 
-RESULTS = Path(__file__).parent / "results"
-SMOKE_RESULTS = Path(__file__).resolve().parent.parent / "outputs" / "benchmarks-smoke"
-SMOKE = dict(nfe=[4], reference=4, samples=16, seeds=[metrics.PROTOCOL_SEED], results=SMOKE_RESULTS)
+SMOKE = dict(nfe=[4], reference=4, samples=16, seeds=[metrics.PROTOCOL_SEED])
 KARRAS_RANGE = {"sigma_min": "σ_min", "sigma_max": "σ_max", "rho": "ρ"}  # options that move it, as rows record them
 
 
@@ -62,16 +61,9 @@ def spacing_label(row):
     return " ".join([row["spacing"], *moved])
 
 
-def parse_args(parser, argv):
-    """``--smoke`` swaps the defaults for ``SMOKE``'s (options given on the command line still win),
-    and a smoke run never writes into the committed results."""
-    if parser.parse_known_args(argv)[0].smoke:
-        parser.set_defaults(**SMOKE)
-    args = parser.parse_args(argv)
-    args.out = args.out or args.results / f"fid_vs_nfe_{args.model}.json"  # the results file
-    if args.smoke and args.out.resolve().parent == RESULTS.resolve():
-        parser.error(f"--smoke does not write into {RESULTS}: give --results another folder")
-    return args
+
+def results_file(args) -> Path:
+    return args.out or args.results / f"fid_vs_nfe_{args.model}.json"
 
 
 def main(argv=None):
@@ -88,11 +80,11 @@ def main(argv=None):
     parser.add_argument("--seeds", nargs="+", type=int, default=[metrics.PROTOCOL_SEED],
                         help="seeds of the starting (and ancestral) noise; the protocol's is 0, others show the spread")
     parser.add_argument("--guidance", type=float, default=3.0, help="class-conditional models only")
-    parser.add_argument("--results", type=Path, default=RESULTS, help="folder of the results file")
+    add_output_options(parser, help="folder of the results file")
     parser.add_argument("--out", type=Path, help="results file (default <results>/fid_vs_nfe_<model>.json)")
     parser.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, mps")
-    parser.add_argument("--smoke", action="store_true", help="a seconds-long run of the same code (see SMOKE)")
-    args = parse_args(parser, argv)
+    args = parse_args(parser, argv, SMOKE, written=lambda args: results_file(args).parent)
+    args.out = results_file(args)
 
     torch.manual_seed(0)
     device = pick_device(args.device)

@@ -17,11 +17,11 @@ evaluated, 4 training steps, batch 16, one repeat, into ``outputs/benchmarks-smo
 """
 import argparse
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
+from smoke import add_output_options, parse_args
 
 from minidiff import metrics
 from minidiff.datasets.mnist import load_mnist, mnist_dataset, to_tensor
@@ -30,9 +30,7 @@ from minidiff.files import write_json_atomic
 from minidiff.models.classifier import MNISTClassifier, classifier_loss, predict
 from minidiff.train import TrainConfig, train
 
-RESULTS = Path(__file__).parent / "results"
-SMOKE_RESULTS = Path(__file__).resolve().parent.parent / "outputs" / "benchmarks-smoke"
-SMOKE = dict(images=500, samples=100, train_steps=4, batch=16, repeat=1, floor=[500], results=SMOKE_RESULTS)
+SMOKE = dict(images=500, samples=100, train_steps=4, batch=16, repeat=1, floor=[500])
 
 
 def seconds(fn, repeat=3):
@@ -54,16 +52,6 @@ def unet_shaped_net() -> nn.Module:
                          nn.ConvTranspose2d(64, 32, 4, 2, 1), *block(32, 32), nn.Conv2d(32, 1, 3, padding=1))
 
 
-def parse_args(parser, argv):
-    """``--smoke`` swaps the defaults for ``SMOKE``'s (options given on the command line still win),
-    and a smoke run never writes into the committed results."""
-    if parser.parse_known_args(argv)[0].smoke:
-        parser.set_defaults(**SMOKE)
-    args = parser.parse_args(argv)
-    if args.smoke and args.results is not None and args.results.resolve() == RESULTS.resolve():
-        parser.error(f"--smoke does not write into {RESULTS}: give --results another folder")
-    return args
-
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -74,9 +62,8 @@ def main(argv=None):
     parser.add_argument("--repeat", type=int, default=3, help="timed repeats of (2) and (4), after a warm-up")
     parser.add_argument("--floor", nargs="+", type=int, default=[500, 1000, 2000, 5000],
                         help="sample counts of the real-vs-real FID")
-    parser.add_argument("--results", type=Path, help="folder for protocol_cost.json (default: print only)")
-    parser.add_argument("--smoke", action="store_true", help="a seconds-long run of the same code (see SMOKE)")
-    args = parse_args(parser, argv)
+    add_output_options(parser, default=None, help="folder for protocol_cost.json (default: print only)")
+    args = parse_args(parser, argv, SMOKE)
 
     torch.manual_seed(0)
     judge = metrics.load_classifier()

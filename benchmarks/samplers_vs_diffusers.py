@@ -19,9 +19,9 @@ otherwise) checks that the script still runs.
 import argparse
 import json
 import time
-from pathlib import Path
 
 import torch
+from smoke import add_output_options, parse_args
 
 from minidiff import metrics
 from minidiff.devices import pick_device
@@ -30,9 +30,7 @@ from minidiff.diffusion.schedules import betas_from_alphas_cumprod
 from minidiff.files import write_json_atomic
 from minidiff.weights import load_pretrained, read_manifest
 
-RESULTS = Path(__file__).parent / "results"
-SMOKE_RESULTS = Path(__file__).resolve().parent.parent / "outputs" / "benchmarks-smoke"
-SMOKE = dict(nfe=[3], samples=8, seeds=[metrics.PROTOCOL_SEED], results=SMOKE_RESULTS)
+SMOKE = dict(nfe=[3], samples=8, seeds=[metrics.PROTOCOL_SEED])
 OURS = {"ddim": "ddim", "dpmsolver++": "dpmpp_2m"}  # diffusers' scheduler → minidiff's sampler
 
 
@@ -68,16 +66,6 @@ def sample_diffusers(scheduler, model, noise, steps, batch_size=500):
     return torch.cat(out)
 
 
-def parse_args(parser, argv):
-    """``--smoke`` swaps the defaults for ``SMOKE``'s (options given on the command line still win),
-    and a smoke run never writes into the committed results."""
-    if parser.parse_known_args(argv)[0].smoke:
-        parser.set_defaults(**SMOKE)
-    args = parser.parse_args(argv)
-    if args.smoke and args.results.resolve() == RESULTS.resolve():
-        parser.error(f"--smoke does not write into {RESULTS}: give --results another folder")
-    return args
-
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -88,9 +76,8 @@ def main(argv=None):
     parser.add_argument("--seeds", nargs="+", type=int, default=[metrics.PROTOCOL_SEED],
                         help="seeds of the starting noise (minidiff's rows: fid_vs_nfe.py --seeds)")
     parser.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, mps")
-    parser.add_argument("--results", type=Path, default=RESULTS, help="folder of the results (and of minidiff's rows)")
-    parser.add_argument("--smoke", action="store_true", help="a seconds-long run of the same code (see SMOKE)")
-    args = parse_args(parser, argv)
+    add_output_options(parser, help="folder of the results (and of minidiff's rows)")
+    args = parse_args(parser, argv, SMOKE)
 
     model = load_pretrained(args.model, device=pick_device(args.device))
     if model.config.num_classes is not None:

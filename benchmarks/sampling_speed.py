@@ -13,9 +13,9 @@ another folder) with the hardware and thread count. ``--smoke`` (batch 4, NFE 3,
 """
 import argparse
 import time
-from pathlib import Path
 
 import torch
+from smoke import add_output_options, parse_args
 
 from minidiff.devices import hardware_description, pick_device
 from minidiff.diffusion.pipeline import generate
@@ -23,9 +23,7 @@ from minidiff.diffusion.samplers import SAMPLERS, nfe_for_steps, steps_for_nfe
 from minidiff.files import write_json_atomic
 from minidiff.weights import load_pretrained
 
-RESULTS = Path(__file__).parent / "results"
-SMOKE_RESULTS = Path(__file__).resolve().parent.parent / "outputs" / "benchmarks-smoke"
-SMOKE = dict(batch=4, nfe=[3], repeat=1, results=SMOKE_RESULTS)  # --smoke: seconds, never the committed results
+SMOKE = dict(batch=4, nfe=[3], repeat=1)  # --smoke: seconds, never the committed results
 
 
 def timed(fn, repeat: int) -> float:
@@ -41,16 +39,6 @@ def timed(fn, repeat: int) -> float:
     return (time.perf_counter() - started) / repeat
 
 
-def parse_args(parser, argv):
-    """``--smoke`` swaps the defaults for ``SMOKE``'s (options given on the command line still win),
-    and a smoke run never writes into the committed results."""
-    if parser.parse_known_args(argv)[0].smoke:
-        parser.set_defaults(**SMOKE)
-    args = parser.parse_args(argv)
-    if args.smoke and args.results.resolve() == RESULTS.resolve():
-        parser.error(f"--smoke does not write into {RESULTS}: give --results another folder")
-    return args
-
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -59,9 +47,8 @@ def main(argv=None):
     parser.add_argument("--nfe", nargs="+", type=int, default=[10, 20])
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--device", default="cpu", help="auto (cuda > mps > cpu), cpu, cuda, mps")
-    parser.add_argument("--results", type=Path, default=RESULTS, help="folder of the results file")
-    parser.add_argument("--smoke", action="store_true", help="a seconds-long run of the same code (see SMOKE)")
-    args = parse_args(parser, argv)
+    add_output_options(parser, help="folder of the results file")
+    args = parse_args(parser, argv, SMOKE)
 
     device = pick_device(args.device)
     model = load_pretrained(args.model, device=device)
