@@ -1,5 +1,6 @@
 import gzip
 import hashlib
+import os
 
 import numpy as np
 import pytest
@@ -32,18 +33,48 @@ def test_mnist_pixels_are_the_official_bytes():
     assert hashlib.md5(raw).hexdigest() == "6bbc9ace898e44ae57da46a324031adb"
 
 
-def test_fashion_mnist_loads_the_real_files():
+@pytest.fixture
+def fashion(tmp_path_factory, monkeypatch) -> dict:
+    """Debian's real Fashion-MNIST files (CI installs them and sets MINIDIFF_REAL_DATA=1, so there a
+    missing package fails). On a newcomer's offline machine, files in the exact official IDX format
+    stand in, with their own checksums. Returns the split sizes."""
+    if data.FASHION_DEBIAN.exists():
+        return {"train": 60000, "test": 10000}
+    if os.environ.get("MINIDIFF_REAL_DATA"):
+        pytest.fail("the real Fashion-MNIST files are missing: apt-get install dataset-fashion-mnist")
+    folder, rng, hashes = tmp_path_factory.mktemp("fashion-debian"), np.random.default_rng(0), {}
+    for split, n in {"train": 60, "test": 20}.items():
+        arrays = {"images-idx3": rng.integers(0, 256, (n, 28, 28), dtype=np.uint8),
+                  "labels-idx1": (np.arange(n) % 10).astype(np.uint8)}
+        for kind, array in arrays.items():
+            path = folder / f"{data.SPLIT_PREFIX[split]}-{kind}-ubyte.gz"
+            data.write_idx(array, path)
+            hashes[path.name] = (hashlib.md5(path.read_bytes()).hexdigest(),
+                                 hashlib.sha256(gzip.open(path).read()).hexdigest())
+    monkeypatch.setattr(data, "FASHION_DEBIAN", folder)
+    monkeypatch.setattr(data, "FASHION_FILES", hashes)
+    return {"train": 60, "test": 20}
+
+
+def test_fashion_mnist_loads_the_real_files(fashion):
     images, labels = data.load_fashion_mnist("test")
-    assert images.shape == (10000, 28, 28)
-    assert np.bincount(labels).tolist() == [1000] * 10
-    assert len(data.load_fashion_mnist("train")[0]) == 60000
+    assert images.shape == (fashion["test"], 28, 28)
+    assert np.bincount(labels).tolist() == [fashion["test"] // 10] * 10
+    assert len(data.load_fashion_mnist("train")[0]) == fashion["train"]
 
 
-def test_fetch_fashion_mnist_copies_and_verifies(tmp_path):
+def test_fetch_fashion_mnist_copies_and_verifies(tmp_path, fashion):
     folder = data.fetch_fashion_mnist(tmp_path)
     images, _ = data.load_fashion_mnist("test", root=folder)
-    assert images.shape == (10000, 28, 28)
+    assert images.shape == (fashion["test"], 28, 28)
     assert not list(folder.glob("partial-*"))
+
+
+def test_an_empty_fashion_folder_does_not_hide_debians_copy(tmp_path, monkeypatch, fashion):
+    """A fetch that failed offline leaves an empty data/fashion-mnist/ behind: Debian's files still load."""
+    monkeypatch.setenv("MINIDIFF_DATA", str(tmp_path))
+    (tmp_path / "fashion-mnist").mkdir()
+    assert len(data.load_fashion_mnist("test")[0]) == fashion["test"]
 
 
 def test_idx_round_trip(tmp_path):
@@ -117,7 +148,7 @@ def test_digit_captions_name_the_digit():
     assert len(set(captions)) > 1 and captions == data.digit_captions([7] * 50, seed=0)
 
 
-def test_fetch_fashion_mnist_downloads_verifies_and_keeps_nothing_bad(tmp_path, monkeypatch, serve):
+def test_fetch_fashion_mnist_downloads_verifies_and_keeps_nothing_bad(tmp_path, monkeypatch, serve, fashion):
     """Without Debian's package the files come from the official address (here: a local server)."""
     debian = data.FASHION_DEBIAN
     files = {f"/{name}": (debian / name).read_bytes() for name in data.FASHION_FILES}
@@ -127,7 +158,7 @@ def test_fetch_fashion_mnist_downloads_verifies_and_keeps_nothing_bad(tmp_path, 
     with serve(files) as server:
         monkeypatch.setattr(data, "FASHION_URL", server.url("/"))
         folder = data.fetch_fashion_mnist(tmp_path / "fashion")
-        assert data.load_fashion_mnist("test", root=folder)[0].shape == (10000, 28, 28)
+        assert data.load_fashion_mnist("test", root=folder)[0].shape == (fashion["test"], 28, 28)
         # a server that hands out the wrong file: a clear error, and the good copy stays untouched
         good = (folder / "t10k-labels-idx1-ubyte.gz").read_bytes()
         server.files["/t10k-labels-idx1-ubyte.gz"] = files["/train-labels-idx1-ubyte.gz"]
@@ -138,3 +169,11 @@ def test_fetch_fashion_mnist_downloads_verifies_and_keeps_nothing_bad(tmp_path, 
             data.fetch_fashion_mnist(tmp_path / "fashion")
         assert (folder / "t10k-labels-idx1-ubyte.gz").read_bytes() == good
         assert not list(folder.glob("partial-*"))
+
+
+def test_an_idx_file_cut_inside_its_header_is_one_clear_error(tmp_path):
+    path = tmp_path / "cut-idx3-ubyte.gz"
+    with gzip.open(path, "wb") as f:
+        f.write(bytes([0, 0, 0x08, 3, 0, 0]))  # the magic number, then half of the first size
+    with pytest.raises(DataError, match="truncated inside its header"):
+        data.read_idx(path)

@@ -65,6 +65,8 @@ def read_idx(path, sha256=None, fix="Delete it and fetch it again.") -> np.ndarr
         raise DataError(f"{path} is not an IDX file (wrong magic number {raw[:4].hex()}). {fix}")
     dtype, ndim = np.dtype(IDX_DTYPES[raw[2]]), raw[3]
     header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DataError(f"{path} is truncated inside its header ({len(raw)} bytes). {fix}")
     shape = struct.unpack(f">{ndim}I", raw[4:header])
     if len(raw) != header + int(np.prod(shape)) * dtype.itemsize:
         raise DataError(f"{path} is truncated or padded: header says shape {shape}, "
@@ -125,8 +127,8 @@ def load_fashion_mnist(split="train", root=None):
     """Fashion-MNIST's ``split`` as uint8 arrays, read from ``root`` (default ``data/fashion-mnist``)
     or, when that holds nothing, straight from Debian's ``/usr/share/datasets/fashion-mnist``."""
     folder = Path(root) if root else data_dir() / "fashion-mnist"
-    if root is None and not folder.exists() and FASHION_DEBIAN.exists():
-        folder = FASHION_DEBIAN
+    if root is None and not any((folder / name).exists() for name in FASHION_FILES) and FASHION_DEBIAN.exists():
+        folder = FASHION_DEBIAN  # (an empty folder a failed fetch left behind does not hide Debian's copy)
     fix = "Fetch it with `python -m minidiff data fashion-mnist` (or `apt-get install dataset-fashion-mnist`)."
     return _load_pair(folder, split, {name: sha for name, (_, sha) in FASHION_FILES.items()}, fix)
 
