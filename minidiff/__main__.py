@@ -4,6 +4,7 @@ import inspect
 import json
 import sys
 
+from minidiff.devices import pick_device
 from minidiff.diffusion.samplers import SAMPLERS
 from minidiff.files import DataError
 
@@ -15,19 +16,48 @@ def cmd_demo(args):
 
 def cmd_train(args):
     from minidiff.course.recipes.catalog import RECIPES
+    from minidiff.course.recipes.common import run_dir
     if args.recipe not in RECIPES:
         sys.exit(f"unknown recipe {args.recipe!r}; available: {', '.join(sorted(RECIPES))}")
     recipe = RECIPES[args.recipe]
+    try:
+        pick_device(args.device)  # before any work: a device this machine lacks is one line
+    except ValueError as err:
+        sys.exit(f"error: {err}")
+    if args.fast and (args.ship or args.steps is not None):
+        sys.exit("error: --fast is a smoke run of a few steps, never shipped: drop --ship and --steps")
     options = {"fast": args.fast, "device": args.device}
     if args.steps is not None:
         if "steps" not in inspect.signature(recipe).parameters:
             sys.exit(f"recipe {args.recipe!r} has a fixed length; --steps is for the diffusion recipes")
         options["steps"] = args.steps
-    print(json.dumps(recipe(**options), indent=2))
+    metrics = recipe(**options)
+    print(json.dumps(metrics, indent=2))
+    trained = [name for name in metrics if name in RECIPES] or [args.recipe]  # ae_mnist trains ae_mnist_c1 … c8
+    if args.ship:
+        for name in trained:
+            ship_one(name, args.force)
+    elif not args.fast:
+        print(f"trained into {', '.join(run_dir(name, False) for name in trained)}; the shipped weights are "
+              f"unchanged. Ship it with `python -m minidiff ship {' '.join(trained)}`.", file=sys.stderr)
+
+
+def ship_one(name: str, force: bool) -> None:
+    from minidiff.course.recipes.common import run_dir
+    from minidiff.weights import ship
+    entry = ship(name, run_dir(name, False), force=force)
+    replaced = f", replacing {entry['previous']['steps']:,} steps" if "previous" in entry else ""
+    print(f"shipped {name}: {entry['steps']:,} steps{replaced} (data/checkpoints/{entry['file']})")
+
+
+def cmd_ship(args):
+    for name in args.names:
+        ship_one(name, args.force)
 
 
 def cmd_sample(args):
-    from minidiff.course.generators import diffusion_sources, save_samples, sources
+    from minidiff.course.generators import check_samples_path, diffusion_sources, save_samples, sources
+    check_samples_path(args.out)  # before any work: an hour of sampling is not lost to a typo
     available = sources()
     if args.source not in available:
         sys.exit(f"unknown source {args.source!r}; available: {', '.join(sorted(available))}")
@@ -52,6 +82,10 @@ def cmd_evaluate(args):
               f"{real_vs_real_fid():.4f}")
         return
     images, labels = load_samples(args.samples)
+    if len(images) < PROTOCOL_SAMPLES:
+        print(f"note: {len(images):,} pictures; FID is biased upwards at small counts, so compare it with "
+              f"real vs real at the same count (`python -m minidiff sample mnist -n {len(images)}` then "
+              f"`evaluate`), or draw the protocol's {PROTOCOL_SAMPLES:,}.", file=sys.stderr)
     print(json.dumps(evaluate_samples(images, labels), indent=2))
 
 
@@ -64,6 +98,19 @@ def cmd_data(args):
     print(f"ready: {fetchers[args.dataset]()}")
 
 
+def count(low: int, high: int):
+    """An argparse type: a whole number from ``low`` to ``high``, or one clear line."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is out of range: use {low:,} to {high:,}")
+        return value
+    return parse
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m minidiff",
                                      description="minidiff: how AI image generation works, from scratch.")
@@ -73,22 +120,30 @@ def main(argv=None):
     p.add_argument("--out", default="outputs/demo.png")
     p.set_defaults(run=cmd_demo)
 
-    p = sub.add_parser("train", help="run a recipe: train a model and ship its weights with a manifest entry")
+    p = sub.add_parser("train", help="run a recipe: train and measure a model in runs/<recipe>/ (--ship to ship it)")
     p.add_argument("recipe", help="e.g. mnist_classifier")
-    p.add_argument("--fast", action="store_true", help="a few steps only; shipped weights are left alone")
+    p.add_argument("--fast", action="store_true", help="a few steps only, to see it run (runs/<recipe>-fast/)")
+    p.add_argument("--ship", action="store_true", help="then ship it over data/checkpoints/, if it measures no worse")
+    p.add_argument("--force", action="store_true", help="with --ship: ship even if it measures worse")
     p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, mps")
-    p.add_argument("--steps", type=int, help="diffusion recipes: train this long (more than a finished run's "
-                                             "steps resumes and extends it)")
+    p.add_argument("--steps", type=count(1, 10_000_000), help="diffusion recipes: train this long (more than a "
+                                                             "finished run's steps resumes and extends it)")
     p.set_defaults(run=cmd_train)
+
+    p = sub.add_parser("ship", help="ship what `train` left in runs/<name>/ over data/checkpoints/ (never worse)")
+    p.add_argument("names", nargs="+", help="e.g. ddpm_mnist")
+    p.add_argument("--force", action="store_true", help="ship even if it measures worse than the shipped model")
+    p.set_defaults(run=cmd_ship)
 
     p = sub.add_parser("sample", help="draw images from a model or data source into a PNG grid + safetensors")
     p.add_argument("source", help="what to sample, e.g. mnist, shapes")
-    p.add_argument("-n", type=int, default=64)
+    p.add_argument("-n", type=count(1, 100_000), default=64, help="how many pictures (1 to 100,000)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="outputs/samples.png")
     p.add_argument("--sampler", help="diffusion models only (default dpmpp_2m): " + "; ".join(
         f"{name}: {info.summary}" for name, info in SAMPLERS.items()))
-    p.add_argument("--steps", type=int, help="diffusion models only: number of sampling steps (default 20)")
+    p.add_argument("--steps", type=count(1, 10_000), help="diffusion models only: number of sampling steps "
+                                                         "(default 20)")
     p.add_argument("--guidance", type=float, help="class-conditional diffusion: guidance scale (default 3)")
     p.set_defaults(run=cmd_sample)
 

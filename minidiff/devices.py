@@ -4,9 +4,20 @@ import platform
 
 import torch
 
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
 
 def pick_device(name: str = "auto") -> torch.device:
-    """``"auto"`` picks the fastest available: CUDA, then Apple's MPS, then CPU."""
+    """``"auto"`` picks the fastest available: CUDA, then Apple's MPS, then CPU. Asking for a device
+    this machine lacks is one clear error."""
+    kind = str(name).split(":")[0]
+    if kind not in DEVICES:
+        raise ValueError(f"unknown device {name!r}; choose one of {', '.join(DEVICES)}")
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {name}: this machine has no CUDA GPU (PyTorch {torch.__version__}); "
+                         "use --device cpu or auto")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {name}: Apple's MPS is not available here; use --device cpu or auto")
     if name != "auto":
         return torch.device(name)
     if torch.cuda.is_available():

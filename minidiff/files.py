@@ -9,6 +9,7 @@ from where it stopped (an HTTP Range request), and only a file whose checksum ma
 ``dest``. Archives are unpacked into a temporary folder first and refuse members that would land
 outside the target folder ("path traversal", e.g. a member named ``../../.bashrc``).
 """
+import contextlib
 import hashlib
 import http.client
 import json
@@ -25,6 +26,11 @@ from pathlib import Path
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
+try:
+    import fcntl
+except ImportError:  # Windows
+    fcntl = None
+
 TIMEOUT = 60  # seconds a stalled connection may stay silent before we give up (and keep the .part)
 BLOCK = 1 << 16  # bytes per read: small enough for a smooth progress bar, big enough to be fast
 
@@ -33,9 +39,34 @@ class DataError(RuntimeError):
     """A data file is missing, corrupt or not what was expected. The message says what to do."""
 
 
+@contextlib.contextmanager
+def folder_lock(folder, *, wait: bool, what: str):
+    """Hold ``folder/.lock`` exclusively: one writer at a time (a training run, a manifest update). The
+    operating system drops the lock when its process ends, however it ends, so no lock is left stuck;
+    and whoever holds it removes the temporary files that writers killed mid-write left behind (no one
+    else can be writing them). ``wait=False`` refuses at once, with one clear line, if it is taken."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "a") as handle:
+        if fcntl is not None:  # POSIX; on Windows writes stay atomic but are not serialised
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                raise DataError(f"{folder} is in use by another {what}: wait for it to finish, or "
+                                "choose another folder.") from None
+        for stale in folder.glob(".*.tmp"):
+            stale.unlink(missing_ok=True)
+        yield
+
+
+def project_dir() -> Path:
+    """The repository minidiff runs from (the folder above the package), whatever the working directory."""
+    return Path(__file__).resolve().parent.parent
+
+
 def data_dir() -> Path:
     """The data cache: ``$MINIDIFF_DATA`` if set, else the repository's ``data/`` folder."""
-    return Path(os.environ.get("MINIDIFF_DATA", Path(__file__).resolve().parent.parent / "data"))
+    return Path(os.environ.get("MINIDIFF_DATA", project_dir() / "data"))
 
 
 def _hexdigest(path, algorithm: str) -> str:

@@ -18,9 +18,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-from minidiff.files import DataError, save_safetensors_atomic, write_json_atomic
+from minidiff.files import DataError, save_safetensors_atomic, sha256sum, verify_sha256, write_json_atomic
 
 
 def optimizer_state(optimizer, prefix: str) -> tuple[dict, dict]:
@@ -89,8 +90,8 @@ def save_checkpoint(out_dir, step: int, tensors: dict, state: dict) -> Path:
     out_dir = Path(out_dir)
     tensor_file = f"checkpoint-{step:08d}.safetensors"
     save_safetensors_atomic(tensors, out_dir / tensor_file)
-    json_path = write_json_atomic({**state, "step": step, "tensors": tensor_file},
-                                  out_dir / "checkpoint.json")
+    json_path = write_json_atomic({**state, "step": step, "tensors": tensor_file,
+                                   "sha256": sha256sum(out_dir / tensor_file)}, out_dir / "checkpoint.json")
     for old in out_dir.glob("checkpoint-*.safetensors"):
         if old.name != tensor_file:
             old.unlink()
@@ -109,7 +110,12 @@ def load_checkpoint(out_dir) -> tuple[dict, dict] | None:
     tensor_path = Path(out_dir) / state["tensors"]
     if not tensor_path.exists():
         raise DataError(f"{tensor_path}, named by {json_path}, is missing. Delete {out_dir} to start over.")
-    return load_file(str(tensor_path)), state
+    if "sha256" in state:  # (checkpoints from before the checksum resume unchecked)
+        verify_sha256(tensor_path, state["sha256"], f"Delete {out_dir} to start over.")
+    try:
+        return load_file(str(tensor_path)), state
+    except (SafetensorError, OSError) as err:
+        raise DataError(f"{tensor_path} is damaged ({err}). Delete {out_dir} to start over.") from err
 
 
 def log_segment(segments: list[dict], first: int, last: int, hardware: str, seconds: float) -> list[dict]:
@@ -135,7 +141,34 @@ def _rng_tensors(device, world: int) -> tuple[dict, dict]:
     return {f"rng.{r}.{k}": v for k, t in tensors.items() for r, v in enumerate(_gather(t, device))}, state
 
 
-def save_training_state(config, step, model, ema, optimizers, history, wall_time_s, segments, device, rank, world):
+def run_identity(model, loss_fn, data) -> dict:
+    """What a checkpoint must have been trained on to be resumed by this run: the model (its class and
+    config), the loss function and the number of examples (the training settings are checked apart)."""
+    config = getattr(model, "config", None)
+    loss = getattr(loss_fn, "func", loss_fn)  # a functools.partial names the function it wraps
+    return json.loads(json.dumps({
+        "model": type(model).__name__,
+        "model_config": dataclasses.asdict(config) if dataclasses.is_dataclass(config) else None,
+        "loss": f"{getattr(loss, '__module__', '')}.{getattr(loss, '__qualname__', type(loss).__name__)}",
+        "examples": len(data)}))
+
+
+def check_same_run(saved: dict | None, identity: dict, out_dir) -> None:
+    """Refuse to resume a checkpoint of another model, loss or data set, naming what differs."""
+    if saved is None:  # (checkpoints from before this record resume as they did)
+        return
+    changed = [k for k in identity if saved.get(k) != identity[k]]
+    if "model_config" in changed and saved.get("model_config") and identity["model_config"]:
+        old, new = saved["model_config"], identity["model_config"]
+        changed = [f"model_config.{k}: {old.get(k)!r} → {new.get(k)!r}" for k in new if old.get(k) != new[k]] + \
+            [k for k in changed if k != "model_config"]
+    if changed:
+        raise DataError(f"{out_dir} holds a checkpoint of another run ({', '.join(changed)}). Delete that folder "
+                        "to start afresh, or resume with the model, loss and data it was made with.")
+
+
+def save_training_state(config, step, model, ema, optimizers, history, wall_time_s, segments, device, rank, world,
+                        identity):
     """Everything a run needs to continue exactly, written by rank 0 into ``config.out_dir``."""
     tensors, rng = _rng_tensors(device, world)  # a collective: every rank takes part
     if rank != 0:
@@ -148,7 +181,7 @@ def save_training_state(config, step, model, ema, optimizers, history, wall_time
         optimizer_tensors, saved_optimizers[name] = optimizer_state(optimizer, f"optimizer.{name}")
         tensors.update(optimizer_tensors)
     # the schedule needs no state of its own: the learning rate is lr_at(step)
-    state = {"config": dataclasses.asdict(config), "optimizers": saved_optimizers, "rng": rng,
+    state = {"config": dataclasses.asdict(config), "run": identity, "optimizers": saved_optimizers, "rng": rng,
              "history": history, "wall_time_s": wall_time_s, "segments": segments}
     save_checkpoint(config.out_dir, step, tensors, state)
 
@@ -163,8 +196,8 @@ def check_same_recipe(saved: dict, config) -> None:
     changed = sorted(k for k in now.keys() - RESUMABLE_CHANGES if saved.get(k) != now[k])
     if changed:
         details = ", ".join(f"{k}: {saved.get(k)!r} → {now[k]!r}" for k in changed)
-        raise ValueError(f"{config.out_dir} holds a checkpoint trained with other settings ({details}). "
-                         f"Delete that folder to start afresh, or resume with the settings it was made with.")
+        raise DataError(f"{config.out_dir} holds a checkpoint trained with other settings ({details}). "
+                        f"Delete that folder to start afresh, or resume with the settings it was made with.")
 
 
 def restore_training_state(checkpoint, model, ema, optimizers, device, rank) -> tuple[int, list, float, list]:
@@ -175,9 +208,14 @@ def restore_training_state(checkpoint, model, ema, optimizers, device, rank) -> 
     def prefixed(prefix):
         return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
 
-    model.load_state_dict(prefixed("model."))
-    if ema is not None:
-        ema.load_state_dict(prefixed("ema."))
+    try:
+        model.load_state_dict(prefixed("model."))
+        if ema is not None:
+            ema.load_state_dict(prefixed("ema."))
+    except RuntimeError as err:  # another architecture: missing, unexpected or reshaped weights
+        first = str(err).strip().splitlines()[1].strip() if "\n" in str(err) else str(err)
+        raise DataError(f"{state['config']['out_dir']} holds a checkpoint of another model ({first}). Delete "
+                        "that folder to start afresh, or resume with the model it was made with.") from None
     for name, optimizer in optimizers.items():
         load_optimizer_state(optimizer, tensors, state["optimizers"][name], f"optimizer.{name}")
     rng = prefixed(f"rng.{rank}.") or prefixed("rng.0.")  # a different world size resumes inexactly

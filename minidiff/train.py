@@ -42,12 +42,15 @@ from torch.utils.data import Dataset, TensorDataset, default_collate
 from tqdm.auto import tqdm
 
 from minidiff.devices import hardware_description, pick_device
+from minidiff.files import folder_lock
 from minidiff.resume import (
     check_same_recipe,
+    check_same_run,
     load_checkpoint,
     log_segment,
     restore_training_state,
     rng_state,
+    run_identity,
     save_training_state,
     set_rng_state,
 )
@@ -251,9 +254,16 @@ def train(model, loss_fn, data: Dataset | torch.Tensor, config: TrainConfig | No
 
     ``data`` is a Dataset (a TensorDataset is indexed directly) or a tensor of examples.
     ``callbacks`` is a list of ``(every_n_steps, fn)``; ``fn(TrainState)`` runs on rank 0.
-    ``resume=True`` continues from ``config.out_dir``'s checkpoint if there is one.
+    ``resume=True`` continues from ``config.out_dir``'s checkpoint if there is one. A run folder has
+    one owner at a time: a second training into it stops at once with one clear line.
     """
     config = config or TrainConfig()
+    owns_folder = config.out_dir and int(os.environ.get("RANK", 0)) == 0
+    with folder_lock(config.out_dir, wait=False, what="training") if owns_folder else contextlib.nullcontext():
+        return _train(model, loss_fn, data, config, parts, callbacks, resume)
+
+
+def _train(model, loss_fn, data, config, parts, callbacks, resume) -> TrainResult:
     device = pick_device(config.device)
     rank, world, device = _init_distributed(device)
     if config.batch_size % world:
@@ -274,8 +284,10 @@ def train(model, loss_fn, data: Dataset | torch.Tensor, config: TrainConfig | No
 
     start, history, previous_time, segments = 0, [], 0.0, []
     checkpoint = load_checkpoint(config.out_dir) if resume and config.out_dir else None
+    identity = run_identity(model, loss_fn, data)
     if checkpoint is not None:
         check_same_recipe(checkpoint[1]["config"], config)
+        check_same_run(checkpoint[1].get("run"), identity, config.out_dir)
         start, history, previous_time, segments = restore_training_state(checkpoint, model, ema, optimizers,
                                                                          device, rank)
 
@@ -327,7 +339,7 @@ def train(model, loss_fn, data: Dataset | torch.Tensor, config: TrainConfig | No
         if config.out_dir and (periodic or done == config.steps):
             save_training_state(config, done, model, ema, optimizers, history, wall_time_s,
                   log_segment(segments, start + 1, done, hardware, wall_time_s - previous_time),
-                  device, rank, world)
+                  device, rank, world, identity)
         if rank == 0:
             for every, fn in callbacks:
                 if done % every == 0:

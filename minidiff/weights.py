@@ -13,13 +13,23 @@ renamed into place with ``os.replace``, which is atomic: a crash leaves the old 
 import dataclasses
 import datetime
 import json
+import shutil
 from pathlib import Path
 
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
 from minidiff.devices import hardware_description
-from minidiff.files import DataError, data_dir, save_safetensors_atomic, sha256sum, verify_sha256, write_json_atomic
+from minidiff.files import (
+    DataError,
+    data_dir,
+    folder_lock,
+    save_safetensors_atomic,
+    sha256sum,
+    verify_sha256,
+    write_atomic,
+    write_json_atomic,
+)
 from minidiff.models.autoencoder import VAE, Autoencoder, AutoencoderConfig, VAEConfig
 from minidiff.models.classifier import ClassifierConfig, MNISTClassifier
 from minidiff.models.gan import GAN, GANConfig
@@ -74,20 +84,34 @@ def describe_segments(segments: list[dict]) -> str:
                      for s in merged)
 
 
+def manifest_lock(directory: Path):
+    """One writer of a manifest at a time (``minidiff.files.folder_lock``, waiting its turn)."""
+    return folder_lock(directory, wait=True, what="manifest update")
+
+
 def save_weights(model, name: str, *, directory=None, recipe: str, data: str, steps: int,
-                 wall_time_s: float, hardware: str | None = None, metrics: dict | None = None) -> Path:
+                 wall_time_s: float, hardware: str | None = None, metrics: dict | None = None,
+                 better: tuple[str, str] | None = None) -> Path:
     """Save ``model``'s weights as ``<name>.safetensors`` and record how they were made in the manifest.
 
     The file's metadata names the model class and config too, so a file copied without its manifest
-    still says what it is. Other manifest entries are left untouched.
+    still says what it is. Other manifest entries are left untouched. ``better`` = (metric, "lower" or
+    "higher") says which figure decides whether this model may replace another (``ship``).
     """
     directory = checkpoints_dir(directory)
     path = directory / f"{name}.safetensors"
     config = model_config(model)
     metadata = {"minidiff_model": type(model).__name__, "config": json.dumps(config, sort_keys=True)}
-    save_safetensors_atomic(model.state_dict(), path, metadata)
-    manifest = read_manifest(directory)
-    manifest[name] = {
+    with manifest_lock(directory):
+        save_safetensors_atomic(model.state_dict(), path, metadata)
+        manifest = read_manifest(directory)
+        manifest[name] = _entry(path, model, config, recipe, data, steps, wall_time_s, hardware, metrics, better)
+        write_json_atomic(dict(sorted(manifest.items())), directory / "manifest.json")
+    return path
+
+
+def _entry(path, model, config, recipe, data, steps, wall_time_s, hardware, metrics, better) -> dict:
+    entry = {
         "file": path.name,
         "sha256": sha256sum(path),
         "model": type(model).__name__,
@@ -100,20 +124,52 @@ def save_weights(model, name: str, *, directory=None, recipe: str, data: str, st
         "metrics": metrics or {},
         "created": datetime.date.today().isoformat(),
     }
-    write_json_atomic(dict(sorted(manifest.items())), directory / "manifest.json")
-    return path
+    if better is not None:
+        entry["better"] = {"metric": better[0], "is": better[1]}
+    return entry
+
+
+def ship(name: str, source, *, force: bool = False, directory=None) -> dict:
+    """Ship the model a recipe left in the run folder ``source`` over ``data/checkpoints`` — the one way
+    shipped weights change. It refuses a model that measures worse than the one it would replace (by
+    the recipe's ``better`` figure) unless ``force``; the replaced entry's sha256, steps and figures
+    stay in the new entry as ``previous``, so nothing measured is lost."""
+    source, directory = Path(source), checkpoints_dir(directory)
+    candidate = read_manifest(source).get(name)
+    if candidate is None:
+        raise DataError(f"No trained {name} in {source}: train it first with `python -m minidiff train {name}`.")
+    verify_sha256(source / candidate["file"], candidate["sha256"], f"Train it again with `{candidate['recipe']}`.")
+    with manifest_lock(directory):
+        manifest = read_manifest(directory)
+        shipped = manifest.get(name)
+        if shipped is not None and not force and "better" in candidate:
+            metric, better = candidate["better"]["metric"], candidate["better"]["is"]
+            new, old = candidate["metrics"].get(metric), shipped["metrics"].get(metric)
+            if old is not None and (new is None or (new > old if better == "lower" else new < old)):
+                raise DataError(f"Refusing to replace the shipped {name} ({metric} {old:.4g}, {shipped['steps']:,} "
+                                f"steps) with one that measures worse ({metric} {new:.4g}, {candidate['steps']:,} "
+                                f"steps). Train it longer, or ship it anyway with --force.")
+        target = directory / f"{name}.safetensors"
+        write_atomic(target, lambda tmp: shutil.copyfile(source / candidate["file"], tmp))
+        entry = {**candidate, "file": target.name}
+        if shipped is not None:
+            entry["previous"] = {k: shipped[k] for k in ("sha256", "steps", "hardware", "metrics", "created")}
+        manifest[name] = entry
+        write_json_atomic(dict(sorted(manifest.items())), directory / "manifest.json")
+    return entry
 
 
 def record_metrics(name: str, metrics: dict, *, directory=None) -> dict:
     """Add measurements made after training (e.g. a slow benchmark) to ``name``'s manifest entry;
     the weights and their hash are untouched. Returns the entry's updated metrics."""
     directory = checkpoints_dir(directory)
-    manifest = read_manifest(directory)
-    if name not in manifest:
-        raise DataError(f"No checkpoint named {name!r} in {directory / 'manifest.json'}: ship it first with "
-                        f"`python -m minidiff train {name}`.")
-    manifest[name]["metrics"] = {**manifest[name]["metrics"], **metrics}
-    write_json_atomic(manifest, directory / "manifest.json")
+    with manifest_lock(directory):
+        manifest = read_manifest(directory)
+        if name not in manifest:
+            raise DataError(f"No checkpoint named {name!r} in {directory / 'manifest.json'}: ship it first with "
+                            f"`python -m minidiff train {name} --ship`.")
+        manifest[name]["metrics"] = {**manifest[name]["metrics"], **metrics}
+        write_json_atomic(manifest, directory / "manifest.json")
     return manifest[name]["metrics"]
 
 
@@ -122,24 +178,31 @@ def load_pretrained(name: str, *, directory=None, device="cpu"):
     verified weights, in eval mode. Every way this can go wrong raises one DataError that names the
     file and says how to fix it."""
     directory = checkpoints_dir(directory)
+    if not (directory / "manifest.json").exists():
+        raise DataError(f"{directory / 'manifest.json'} is missing: restore it with "
+                        f"`git checkout -- {directory / 'manifest.json'}`.")
     manifest = read_manifest(directory)
     if name not in manifest:
-        available = ", ".join(sorted(manifest)) or "none"
         raise DataError(f"No checkpoint named {name!r} in {directory / 'manifest.json'} "
-                        f"(available: {available}). Create it with its chapter's recipe, e.g. "
-                        f"`python -m minidiff train {name}`.")
+                        f"(available: {', '.join(sorted(manifest)) or 'none'}). Train one with "
+                        f"`python -m minidiff train {name} --ship`.")
     entry = manifest[name]
     path = directory / entry["file"]
     recipe = entry["recipe"]
+    restore = f"restore the file and its manifest with `git checkout -- {directory}`, or re-create them with `{recipe}`"
     if not path.exists():
-        raise DataError(f"{path} is missing. Re-create it with `{recipe}`, "
-                        f"or restore it with `git checkout -- {path}`.")
-    verify_sha256(path, entry["sha256"], f"Re-create it with `{recipe}`, "
-                                         f"or restore it with `git checkout -- {path}`.")
+        raise DataError(f"{path} is missing: {restore}.")
+    verify_sha256(path, entry["sha256"], f"The file or its manifest entry changed: {restore}.")
 
-    with safe_open(str(path), framework="pt") as f:
-        metadata = f.metadata() or {}
-    held = metadata.get("minidiff_model", "unknown model")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+    except (SafetensorError, OSError) as err:
+        raise DataError(f"{path} matches the manifest's sha256 but is not a safetensors file ({err}): the "
+                        f"manifest entry is wrong. Re-create both with `{recipe}`.") from err
+    held = metadata.get("minidiff_model")
+    if held is None:
+        raise DataError(f"{path} was not saved by minidiff (its metadata names no model): {restore}.")
     if held != entry["model"]:
         raise DataError(f"{path} holds a {held}, but the manifest says {entry['model']}. "
                         f"Re-create it with `{recipe}`, or restore both with `git checkout -- {directory}`.")

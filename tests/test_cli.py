@@ -1,4 +1,5 @@
 import json
+import re
 
 import numpy as np
 import pytest
@@ -97,3 +98,80 @@ def test_a_diffusion_run_is_the_start_of_every_longer_one():
     assert {k: v for k, v in asdict(short).items() if k != "steps"} == \
         {k: v for k, v in asdict(long).items() if k != "steps"}
     assert [lr_at(s, short) for s in range(0, 3000, 100)] == [lr_at(s, long) for s in range(0, 3000, 100)]
+
+
+def _samples(path, images, labels=None):
+    """A samples file as `sample` writes it, with whatever pictures a careless student made."""
+    from minidiff.files import save_safetensors_atomic
+    tensors = {"images": images} if labels is None else {"images": images, "labels": labels}
+    save_safetensors_atomic(tensors, path)
+    return str(path)
+
+
+def _digits(n):
+    return torch.rand(n, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 2 - 1
+
+
+BAD_INPUT = [  # (case, argv with {tmp} for the temporary folder, setup(tmp) or None, expected line, exit code)
+    ("--out names the tensors file", ["sample", "mnist", "--out", "{tmp}/x.safetensors"], None,
+     r"give the picture's file name, ending in \.png; the tensors are written beside it as x\.safetensors", None),
+    ("--out in a folder that cannot be made", ["sample", "mnist", "--out", "/proc/no/such/x.png"], None,
+     r"cannot create the folder /proc/no/such", None),
+    ("-n 0", ["sample", "mnist", "-n", "0", "--out", "{tmp}/s.png"], None, r"argument -n: 0 is out of range", 2),
+    ("-n -3", ["sample", "mnist", "-n", "-3", "--out", "{tmp}/s.png"], None, r"argument -n: -3 is out of range", 2),
+    ("-n more than the test set", ["sample", "mnist", "-n", "20000", "--out", "{tmp}/s.png"], None,
+     r"the test set has 10,000 pictures: ask for at most that many", None),
+    ("--steps 0", ["sample", "ddpm_mnist", "--steps", "0", "--out", "{tmp}/s.png"], None,
+     r"argument --steps: 0 is out of range", 2),
+    ("--steps x", ["sample", "ddpm_mnist", "--steps", "x", "--out", "{tmp}/s.png"], None,
+     r"argument --steps: 'x' is not a whole number", 2),
+    ("--guidance on an unconditional model", ["sample", "ddpm_mnist", "--guidance", "3", "-n", "2",
+                                              "--out", "{tmp}/s.png"], None,
+     r"ddpm_mnist is unconditional: guidance needs a class-conditional model \(ddpm_mnist_cond\)", None),
+    ("train --steps 0", ["train", "ddpm_mnist", "--steps", "0"], None, r"argument --steps: 0 is out of range", 2),
+    ("train --steps -5", ["train", "ddpm_mnist", "--steps", "-5"], None, r"argument --steps: -5 is out of range", 2),
+    ("train --device gpu", ["train", "mnist_classifier", "--device", "gpu"], None,
+     r"unknown device 'gpu'; choose one of auto, cpu, cuda, mps", None),
+    ("evaluate a file that is not there", ["evaluate", "{tmp}/missing.safetensors"], None,
+     r"missing\.safetensors does not exist: make it with `python -m minidiff sample", None),
+    ("evaluate pictures in [0, 1]", ["evaluate", "{tmp}/s.safetensors"],
+     lambda tmp: _samples(tmp / "s.safetensors", (_digits(50) + 1) / 2),
+     r"pixels run from .* but the protocol scores pictures in \[-1, 1\].*2·x − 1", None),
+    ("evaluate one picture", ["evaluate", "{tmp}/s.safetensors"],
+     lambda tmp: _samples(tmp / "s.safetensors", _digits(1)), r"holds 1 picture\(s\): FID needs at least 2", None),
+    ("evaluate NaN pictures", ["evaluate", "{tmp}/s.safetensors"],
+     lambda tmp: _samples(tmp / "s.safetensors", _digits(4) * float("nan")), r"NaN or infinite pixels", None),
+    ("evaluate mismatched labels", ["evaluate", "{tmp}/s.safetensors"],
+     lambda tmp: _samples(tmp / "s.safetensors", _digits(5), torch.arange(3)), r"\(3,\) labels for 5 pictures", None),
+]
+
+
+@pytest.mark.parametrize("case, argv, setup, line, code", BAD_INPUT, ids=[case[0] for case in BAD_INPUT])
+def test_bad_input_is_one_clear_line_and_changes_nothing(case, argv, setup, line, code, tmp_path, capsys):
+    from minidiff.weights import checkpoints_dir
+    shipped = {p.name: p.read_bytes() for p in checkpoints_dir().iterdir()}
+    if setup:
+        setup(tmp_path)
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    with pytest.raises(SystemExit) as exit_:
+        main([a.format(tmp=tmp_path) for a in argv])
+    message = str(exit_.value.code) if code is None else capsys.readouterr().err.strip().splitlines()[-1]
+    assert re.search(line, message), message
+    assert (exit_.value.code == code) if code is not None else message.startswith("error: ")
+    assert "\n" not in message and "Traceback" not in message
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+    assert {p.name: p.read_bytes() for p in checkpoints_dir().iterdir()} == shipped
+
+
+def test_evaluating_fewer_pictures_than_the_protocol_says_fid_is_biased(tmp_path, capsys):
+    real, _ = sources()["mnist"](300, 0)
+    main(["evaluate", _samples(tmp_path / "s.safetensors", real)])
+    assert "FID is biased upwards at small counts" in capsys.readouterr().err
+
+
+def test_training_never_ships_unless_asked_and_shipping_needs_a_trained_model(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINIDIFF_RUNS", str(tmp_path))
+    with pytest.raises(SystemExit, match="--fast is a smoke run of a few steps, never shipped"):
+        main(["train", "mnist_classifier", "--fast", "--ship"])
+    with pytest.raises(SystemExit, match=r"No trained ddpm_mnist in .*ddpm_mnist: train it first"):
+        main(["ship", "ddpm_mnist"])

@@ -156,3 +156,23 @@ def test_bad_sampler_or_option_is_one_clear_error():
         generate(tiny_unet(), 1, sampler="euler", eta=0.5)
     with pytest.raises(ValueError, match="takes no option etta \\(its options: eta\\)"):
         generate(tiny_unet(), 1, sampler="ddim", etta=0.5)
+
+
+def test_fresh_noise_is_drawn_where_the_generator_lives():
+    """The pipeline's generator is a CPU one, so a seed draws the same numbers whatever device x is on."""
+    x = torch.zeros(3, 4)
+    drawn = samplers.fresh_noise(x, torch.Generator().manual_seed(5))
+    assert torch.equal(drawn, torch.randn(3, 4, generator=torch.Generator().manual_seed(5)))
+    assert drawn.device == x.device and drawn.dtype == x.dtype
+
+
+def test_a_device_this_machine_lacks_is_one_clear_error():
+    from minidiff.devices import pick_device
+    with pytest.raises(ValueError, match="unknown device 'gpu'; choose one of auto, cpu, cuda, mps"):
+        pick_device("gpu")
+    if torch.cuda.is_available():
+        assert pick_device("cuda").type == "cuda"
+    else:
+        with pytest.raises(ValueError, match="this machine has no CUDA GPU"):
+            pick_device("cuda")
+    assert pick_device("cpu") == torch.device("cpu")

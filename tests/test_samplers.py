@@ -184,6 +184,25 @@ def test_uniform_t_sigmas_visit_trailing_steps():
     assert torch.equal(all_steps[:-1], every.flip(0)) and all_steps[-1] == 0
 
 
+@pytest.mark.parametrize("multiple", [1, 2, 3])
+def test_more_steps_than_training_steps_fall_between_them(multiple):
+    """At T, 2T and 3T steps the σ's fall strictly from σ_{T−1} to 0 (no step visited twice, none wrapped
+    round to pure noise), and every sampler still lands on the data."""
+    every = train_sigmas(schedules.cosine_schedule)
+    sigmas = samplers.sigmas_uniform_t(every, 1000 * multiple)
+    assert len(sigmas) == 1000 * multiple + 1 and (sigmas[1:] < sigmas[:-1]).all() and sigmas[-1] == 0
+    assert torch.isclose(sigmas[0], every[-1], rtol=1e-12) and every[0] <= sigmas[-2] < every[1]
+    for name in samplers.SAMPLERS:
+        x = run(name, gaussian_denoiser(), start(2_000, 2, sigmas[0].item()), sigmas)
+        assert torch.isfinite(x).all() and torch.allclose(x.mean(0), MEAN, atol=0.1), name
+
+
+def test_a_step_count_below_one_is_a_clear_error():
+    for steps in (0, -3):
+        with pytest.raises(ValueError, match="num_inference_steps must be a whole number ≥ 1"):
+            samplers.schedule_sigmas(train_sigmas(schedules.cosine_schedule), steps)
+
+
 def test_karras_range_defaults_to_the_schedule_capped_at_80_and_can_be_moved_in():
     every = train_sigmas(schedules.cosine_schedule)
     default = samplers.schedule_sigmas(every, 10, "karras")

@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from minidiff import resume
+from minidiff.files import DataError
 from minidiff.train import TrainConfig, batch_indices, ema_decay_at, ema_update, lr_at, train
 from minidiff.weights import describe_segments
 
@@ -106,8 +107,19 @@ def test_a_checkpoint_from_before_the_hardware_log_resumes_with_its_steps_marked
 
 def test_resume_refuses_a_changed_recipe(tmp_path):
     train(tiny_model(), noisy_loss, tiny_data(), config(steps=2, out_dir=str(tmp_path)))
-    with pytest.raises(ValueError, match=r"other settings \(lr: 0.01 → 0.5\).*Delete that folder"):
+    with pytest.raises(DataError, match=r"other settings \(lr: 0.01 → 0.5\).*Delete that folder"):
         train(tiny_model(), noisy_loss, tiny_data(), config(steps=4, lr=0.5, out_dir=str(tmp_path)), resume=True)
+
+
+def test_resume_refuses_another_model_and_a_damaged_checkpoint(tmp_path):
+    train(tiny_model(), noisy_loss, tiny_data(), config(steps=2, out_dir=str(tmp_path)))
+    wider = nn.Sequential(nn.Linear(4, 32), nn.ReLU(), nn.Dropout(0.2), nn.Linear(32, 2))
+    with pytest.raises(DataError, match=r"holds a checkpoint of another model \(size mismatch for 0.weight"):
+        train(wider, noisy_loss, tiny_data(), config(steps=4, out_dir=str(tmp_path)), resume=True)
+    tensors = tmp_path / "checkpoint-00000002.safetensors"
+    tensors.write_bytes(tensors.read_bytes()[:100])  # cut short, as a full disk would
+    with pytest.raises(DataError, match=r"checkpoint-00000002.safetensors is corrupt.*Delete"):
+        train(tiny_model(), noisy_loss, tiny_data(), config(steps=4, out_dir=str(tmp_path)), resume=True)
 
 
 def test_checkpoint_files_hold_no_pickle(tmp_path, monkeypatch):
@@ -118,7 +130,8 @@ def test_checkpoint_files_hold_no_pickle(tmp_path, monkeypatch):
     tensors = load_file(tmp_path / state["tensors"])
     assert tensors["rng.0.torch"].dtype == torch.uint8
     assert {"model.0.weight", "ema.0.weight", "optimizer.model.0.exp_avg"} <= tensors.keys()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-00000004.safetensors", "checkpoint.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".lock", "checkpoint-00000004.safetensors",
+                                                          "checkpoint.json"]  # .lock: the run folder's owner
 
 
 def test_crash_between_tensors_and_json_keeps_previous_checkpoint(tmp_path, monkeypatch):
@@ -301,3 +314,47 @@ def test_any_dataset_or_a_plain_tensor_works():
         return {"loss": F.mse_loss(model(x)[:, :2], x[:, :2])}
 
     assert train(tiny_model(), autoencode, data.tensors[0], config(steps=3)).steps == 3
+
+
+def test_a_run_folder_has_one_owner_at_a_time(tmp_path):
+    """While one training holds its run folder, a second one into it stops at once with one clear line;
+    the lock goes with its process, however it ends, and stale temporary files are cleared."""
+    from minidiff.files import folder_lock
+    (tmp_path / ".checkpoint.json.abc123.tmp").write_text("left by a process killed mid-write")
+    with folder_lock(tmp_path, wait=False, what="training"):
+        assert not list(tmp_path.glob(".*.tmp"))
+        with pytest.raises(DataError, match=r"is in use by another training: wait for it to finish"):
+            train(tiny_model(), noisy_loss, tiny_data(), config(steps=2, out_dir=str(tmp_path)))
+    held = subprocess.Popen([sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'a'); "
+                             "fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)",
+                             str(tmp_path / ".lock")], stdout=subprocess.PIPE, text=True)
+    assert held.stdout.readline().strip() == "held"
+    with pytest.raises(DataError, match="in use"):
+        train(tiny_model(), noisy_loss, tiny_data(), config(steps=2, out_dir=str(tmp_path)))
+    held.kill()
+    held.wait()  # killed with its lock held: the lock is gone with it
+    result = train(tiny_model(), noisy_loss, tiny_data(), config(steps=2, out_dir=str(tmp_path)))
+    assert result.steps == 2
+
+
+def test_resume_refuses_a_run_of_another_model_loss_or_data_and_a_flipped_byte(tmp_path):
+    """Shapes alone do not tell runs apart: a U-Net with another schedule has the same tensors."""
+    from minidiff.diffusion.loss import unet_loss
+    from minidiff.models.unet import UNet, UNetConfig
+
+    def unet(schedule):
+        return UNet(UNetConfig(1, 8, channels=(8, 16), attention=(False, True), num_res_blocks=1, groups=4, heads=2,
+                               schedule=schedule))
+    images = torch.randn(16, 1, 8, 8)
+    settings = dict(steps=2, batch_size=4, out_dir=str(tmp_path))
+    train(unet("cosine"), unet_loss, images, config(**settings))
+    with pytest.raises(DataError, match=r"another run \(model_config.schedule: 'cosine' → 'linear'\)"):
+        train(unet("linear"), unet_loss, images, config(**{**settings, "steps": 4}), resume=True)
+    with pytest.raises(DataError, match=r"another run \(examples\)"):
+        train(unet("cosine"), unet_loss, images[:8], config(**{**settings, "steps": 4}), resume=True)
+    tensors = tmp_path / "checkpoint-00000002.safetensors"
+    data = bytearray(tensors.read_bytes())
+    data[-3] ^= 0x01  # one flipped bit in a weight
+    tensors.write_bytes(bytes(data))
+    with pytest.raises(DataError, match=r"checkpoint-00000002.safetensors is corrupt"):
+        train(unet("cosine"), unet_loss, images, config(**{**settings, "steps": 4}), resume=True)

@@ -100,7 +100,8 @@ def test_corrupt_file(tmp_path):
     data = bytearray(path.read_bytes())
     data[-1] ^= 0xFF
     path.write_bytes(bytes(data))
-    with pytest.raises(DataError, match=r"net\.safetensors is corrupt.*python -m minidiff train net.*git"):
+    with pytest.raises(DataError, match=r"net\.safetensors is corrupt.*file or its manifest entry changed.*"
+                                        r"git checkout.*python -m minidiff train net"):
         load_pretrained("net", directory=tmp_path)
 
 
@@ -222,3 +223,73 @@ def test_describe_segments_names_each_machine_with_its_steps():
                                       "laptop: steps 15,001–15,500 (500 s)")
     merged = log_segment(log_segment(log[:2], 15001, 16000, "GPU", 31), 16001, 17000, "GPU", 30)
     assert describe_segments(merged) == "laptop: steps 1–8,000 (7,000 s); GPU: steps 8,001–17,000 (330 s)"
+
+
+def test_a_file_that_matches_its_hash_but_is_no_safetensors_is_blamed_on_the_manifest(tmp_path):
+    from minidiff.files import sha256sum
+    save(Net(NetConfig()), "net", tmp_path)
+    (tmp_path / "net.safetensors").write_bytes(b"\xff" * 64)  # not safetensors at all
+    manifest = read_manifest(tmp_path)
+    manifest["net"]["sha256"] = sha256sum(tmp_path / "net.safetensors")
+    write_json_atomic(manifest, tmp_path / "manifest.json")
+    with pytest.raises(DataError, match=r"matches the manifest's sha256 but is not a safetensors file"):
+        load_pretrained("net", directory=tmp_path)
+
+
+def trained(directory, accuracy, width=8):
+    """What a recipe leaves in its run folder: the model and the entry it would ship with."""
+    model = Net(NetConfig(width=width))
+    save_weights(model, "net", directory=directory, recipe="python -m minidiff train net --ship", data="random",
+                 steps=int(accuracy * 100), wall_time_s=1.0, hardware="test rig", metrics={"acc": accuracy},
+                 better=("acc", "higher"))
+    return model
+
+
+def test_shipping_refuses_a_worse_model_unless_forced_and_keeps_what_it_replaces(tmp_path):
+    runs, shipped = tmp_path / "runs", tmp_path / "checkpoints"
+    trained(runs / "good", 0.9)
+    weights.ship("net", runs / "good", directory=shipped)
+    good = (shipped / "net.safetensors").read_bytes()
+    trained(runs / "worse", 0.5, width=4)
+    with pytest.raises(DataError, match=r"Refusing to replace the shipped net \(acc 0.9, 90 steps\) with one that "
+                                        r"measures worse \(acc 0.5, 50 steps\).*--force"):
+        weights.ship("net", runs / "worse", directory=shipped)
+    assert (shipped / "net.safetensors").read_bytes() == good and read_manifest(shipped)["net"]["steps"] == 90
+    entry = weights.ship("net", runs / "worse", force=True, directory=shipped)
+    assert entry["previous"]["metrics"] == {"acc": 0.9} and entry["previous"]["steps"] == 90
+    assert load_pretrained("net", directory=shipped).config.width == 4
+    with pytest.raises(DataError, match=r"No trained net in .*train it first"):
+        weights.ship("net", runs / "nothing", directory=shipped)
+
+
+MANIFEST_WRITER = """
+import sys
+from minidiff.weights import record_metrics
+for i in range(40):
+    record_metrics("net", {f"{sys.argv[2]}-{i}": i}, directory=sys.argv[1])
+"""
+
+
+def test_two_processes_writing_one_manifest_lose_no_update(tmp_path):
+    import subprocess
+    import sys
+    save(Net(NetConfig()), "net", tmp_path)
+    writers = [subprocess.Popen([sys.executable, "-c", MANIFEST_WRITER, str(tmp_path), name]) for name in "ab"]
+    assert [w.wait(timeout=120) for w in writers] == [0, 0]
+    recorded = read_manifest(tmp_path)["net"]["metrics"]
+    assert {f"{name}-{i}" for name in "ab" for i in range(40)} <= recorded.keys()
+
+
+def test_a_deleted_manifest_and_a_file_minidiff_did_not_write_get_the_right_advice(tmp_path):
+    from safetensors.torch import save_file
+    save(Net(NetConfig()), "net", tmp_path)
+    save_file({"x": torch.zeros(1)}, str(tmp_path / "net.safetensors"))  # no minidiff metadata
+    manifest = read_manifest(tmp_path)
+    from minidiff.files import sha256sum
+    manifest["net"]["sha256"] = sha256sum(tmp_path / "net.safetensors")
+    write_json_atomic(manifest, tmp_path / "manifest.json")
+    with pytest.raises(DataError, match=r"was not saved by minidiff \(its metadata names no model\)"):
+        load_pretrained("net", directory=tmp_path)
+    (tmp_path / "manifest.json").unlink()
+    with pytest.raises(DataError, match=r"manifest\.json is missing: restore it with `git checkout"):
+        load_pretrained("net", directory=tmp_path)

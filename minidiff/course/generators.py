@@ -5,6 +5,7 @@ sources registered here (the baseline every model is compared with), and every s
 model, found in the manifest — a chapter that ships a model adds nothing here. Samples are saved as
 a PNG grid (to look at) and a safetensors file (to score with ``python -m minidiff evaluate``).
 """
+import os
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,8 @@ SAMPLING_MODELS = ("VAE", "GAN")  # shipped models with a .sample(n, generator);
 
 def _draw_real(load, n, seed):
     images, labels = load("test")
+    if n > len(images):
+        raise ValueError(f"the test set has {len(images):,} pictures: ask for at most that many (-n {len(images)})")
     pick = np.random.default_rng(seed).choice(len(images), n, replace=False)
     return to_tensor(images[pick]), torch.from_numpy(labels[pick].astype(np.int64))
 
@@ -60,9 +63,13 @@ def _shipped_sampler(name):
 def _shipped_denoiser(name):
     """A shipped denoiser walked back from noise; a class-conditional one is asked for the digits
     0, 1, …, 9, 0, 1, … in turn (with classifier-free guidance)."""
-    def draw(n, seed, sampler="dpmpp_2m", steps=20, guidance_scale=3.0):
+    def draw(n, seed, sampler="dpmpp_2m", steps=20, guidance_scale=None):
         model = load_pretrained(name)
         classes = model.config.num_classes
+        if classes is None and guidance_scale is not None:
+            raise ValueError(f"{name} is unconditional: guidance needs a class-conditional model "
+                             f"({', '.join(n for n in diffusion_sources() if n != name)})")
+        guidance_scale = 3.0 if guidance_scale is None else guidance_scale
         labels = None if classes is None else torch.arange(n) % classes
         images = generate(model, n, sampler=sampler, num_inference_steps=steps, seed=seed,
                           cond=None if labels is None else {"labels": labels},
@@ -84,9 +91,25 @@ def sources() -> dict:
     return {**DATA_SOURCES, **shipped, **{name: _shipped_denoiser(name) for name in diffusion_sources()}}
 
 
+def check_samples_path(png_path) -> Path:
+    """Where ``save_samples`` will write, checked before any sampling starts: a name ending in .png
+    (the tensors go beside it, as .safetensors) in a folder that exists or can be made, and is writable."""
+    path = Path(png_path)
+    if path.suffix.lower() != ".png":
+        raise DataError(f"--out {path}: give the picture's file name, ending in .png; the tensors are written "
+                        f"beside it as {path.with_suffix('.safetensors').name}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DataError(f"cannot create the folder {path.parent} ({err.strerror}): choose another --out") from err
+    if not os.access(path.parent, os.W_OK):
+        raise DataError(f"the folder {path.parent} is not writable: choose another --out")
+    return path
+
+
 def save_samples(images: torch.Tensor, labels, png_path) -> list:
     """Write ``<png_path>`` (a grid) and the same name with ``.safetensors`` (the exact tensors)."""
-    png_path = Path(png_path)
+    png_path = check_samples_path(png_path)
     tensors = {"images": images.float().contiguous()}
     if labels is not None:
         tensors["labels"] = torch.as_tensor(labels).long()
@@ -99,8 +122,11 @@ def save_samples(images: torch.Tensor, labels, png_path) -> list:
 def load_samples(path):
     """``(images, labels or None)`` from a file written by ``save_samples``."""
     path = Path(path)
-    if not path.exists() or path.suffix != ".safetensors":
+    if path.suffix != ".safetensors":
         raise DataError(f"{path} is not a samples file: pass the .safetensors that `sample` wrote.")
+    if not path.exists():
+        raise DataError(f"{path} does not exist: make it with `python -m minidiff sample … --out "
+                        f"{path.with_suffix('.png')}`.")
     try:
         tensors = load_file(str(path))
     except (SafetensorError, OSError) as err:
@@ -110,4 +136,14 @@ def load_samples(path):
     images, labels = tensors["images"], tensors.get("labels")
     if images.ndim != 4 or images.shape[1:] != (1, 28, 28):
         raise DataError(f"{path}: the protocol scores (N, 1, 28, 28) digits, got {tuple(images.shape)}.")
+    if len(images) < 2:
+        raise DataError(f"{path} holds {len(images)} picture(s): FID needs at least 2 (the protocol uses 2,000).")
+    if not torch.isfinite(images).all():
+        raise DataError(f"{path} holds NaN or infinite pixels: the model that drew them diverged.")
+    low, high = images.min().item(), images.max().item()
+    if low < -1.001 or high > 1.001 or low >= 0:  # no pixel below 0: no digit's background is there
+        raise DataError(f"{path}: pixels run from {low:.3g} to {high:.3g}, but the protocol scores pictures in "
+                        "[-1, 1] (background -1, ink 1); rescale them, e.g. 2·x − 1 for pictures in [0, 1].")
+    if labels is not None and labels.shape != (len(images),):
+        raise DataError(f"{path}: {tuple(labels.shape)} labels for {len(images)} pictures; give one label each.")
     return images, labels

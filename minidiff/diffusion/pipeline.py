@@ -77,13 +77,16 @@ def generate(model, n: int, *, cond: dict | None = None, uncond: dict | None = N
 
     The starting noise of picture i depends only on (seed, i), so a deterministic sampler gives the
     same pictures whatever the batch size (a stochastic one draws its later noise per batch: same
-    seed and batch size, same pictures). ``callback`` gets the sampler's dict at every step.
+    seed and batch size, same pictures). All noise is drawn on the CPU and moved, so a seed gives the
+    same pictures on every device (up to the device's arithmetic). ``callback`` gets the sampler's dict at every step.
     """
     info = sampler_info(sampler)
     _check_options(sampler, sampler_options)
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"the number of pictures must be a whole number ≥ 1, got {n!r}")
     model.eval()
     device = next(model.parameters()).device
-    steps = num_inference_steps or model.config.num_train_steps
+    steps = model.config.num_train_steps if num_inference_steps is None else num_inference_steps
     if spacing is None:
         spacing = "karras" if moves_karras_range(sigma_min, sigma_max, rho) else default_spacing(sampler, steps)
     sigmas = schedule_sigmas(model.noise_schedule.sigmas, steps, spacing, sigma_min, sigma_max, rho)
@@ -93,7 +96,7 @@ def generate(model, n: int, *, cond: dict | None = None, uncond: dict | None = N
         stop = min(start + batch_size, n)
         denoiser = model_denoiser(model, _rows(cond, start, stop, n, device), _rows(uncond, start, stop, n, device),
                                   guidance_scale)
-        generator = torch.Generator(device).manual_seed(seed * 1_000_003 + start + 1)
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + start + 1)  # on the CPU, for every device
         x = noise[start:stop].to(device) * sigmas[0].item()
         x = info.fn(denoiser, x, sigmas, generator=generator, callback=callback, **sampler_options)
         out.append((x if decode is None else decode(x)).cpu())

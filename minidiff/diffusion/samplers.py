@@ -36,10 +36,20 @@ def sigmas_uniform_t(train_sigmas: torch.Tensor, num_steps: int) -> torch.Tensor
     """``num_steps`` noise levels at DDPM steps spaced evenly in t, T−1, T−1 − T/n, …, T/n − 1, then a
     final 0 ("trailing" spacing, Lin et al. 2024). Every call does work: spacing down to t = 0 instead
     (DDIM's linspace) spends the last call where x is already clean to σ ≈ 0.006 — a fifth of a
-    5-step budget. With ``num_steps = T`` these are all of the training steps."""
+    5-step budget. With ``num_steps = T`` these are all of the training steps; with more, the steps
+    fall between training steps (t = (T−1)·k/n, k = n … 1), at σ's interpolated in log σ, since
+    rounding them to whole steps would visit some twice (and below t = 0 wrap round to σ_{T−1})."""
     T = len(train_sigmas)
-    t = (torch.arange(num_steps, 0, -1) * T / num_steps).round().long() - 1
-    return torch.cat([train_sigmas[t], torch.zeros(1, dtype=train_sigmas.dtype)])
+    if num_steps < 1:
+        raise ValueError(f"need at least one sampling step, got {num_steps}")
+    if num_steps <= T:
+        return torch.cat([train_sigmas[(torch.arange(num_steps, 0, -1) * T / num_steps).round().long() - 1],
+                          torch.zeros(1, dtype=train_sigmas.dtype)])
+    t = torch.arange(num_steps, 0, -1, dtype=torch.float64) * (T - 1) / num_steps
+    low = t.floor().long().clamp(max=T - 2)
+    log_sigmas = train_sigmas.double().log()
+    sigmas = torch.lerp(log_sigmas[low], log_sigmas[low + 1], t - low).exp().to(train_sigmas.dtype)
+    return torch.cat([sigmas, torch.zeros(1, dtype=train_sigmas.dtype)])
 
 
 def sigmas_karras(num_steps: int, sigma_min: float, sigma_max: float, rho: float = 7.0) -> torch.Tensor:
@@ -110,6 +120,13 @@ def _steps(sigmas, progress, name):
     return tqdm(range(len(sigmas) - 1), desc=name, disable=not progress, leave=False)
 
 
+def fresh_noise(x, generator=None):
+    """N(0, I) shaped like x, drawn where ``generator`` lives and moved to x's device: with a CPU
+    generator the same seed gives the same pictures on a CPU, a GPU or a Mac (diffusers' randn_tensor)."""
+    device = generator.device if generator is not None else x.device
+    return torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype).to(x.device)
+
+
 def _report(callback, i, x, sigma, denoised):
     """What every sampler tells its ``callback`` at each step (k-diffusion's dict)."""
     if callback is not None:
@@ -131,7 +148,7 @@ def sample_euler_ancestral(denoiser, x, sigmas, *, eta: float = 1.0, generator=N
         sigma_down, sigma_up = ancestral_step(sigmas[i], sigmas[i + 1], eta)
         x = x + to_d(x, sigmas[i], denoised) * (sigma_down - sigmas[i])
         if sigma_up:
-            x = x + torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype) * sigma_up
+            x = x + fresh_noise(x, generator) * sigma_up
     return x
 
 
@@ -204,7 +221,7 @@ def sample_dpmpp_2m(denoiser, x, sigmas, *, eta: float = 0.0, generator=None, ca
             estimate = (1 + 1 / (2 * r)) * denoised - 1 / (2 * r) * previous
         x = (sigmas[i + 1] / sigmas[i]) * math.exp(-eta * h) * x - math.expm1(-(1 + eta) * h) * estimate
         if eta:
-            noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            noise = fresh_noise(x, generator)
             x = x + noise * sigmas[i + 1] * math.sqrt(-math.expm1(-2 * eta * h))
         previous, h_previous = denoised, h
     return x
@@ -311,6 +328,8 @@ def schedule_sigmas(train_sigmas: torch.Tensor, num_inference_steps: int, spacin
     model at 10 steps (tuned on seeds 10–12, not the protocol's): DPM-Solver++ SDE on σ ∈ [0.2, 20]
     scores FID 4.8 instead of 10.3, and the ODE solver with ρ = 4 and σ_min = 0.1 9.2 instead of 12.5
     (chapter 06)."""
+    if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+        raise ValueError(f"num_inference_steps must be a whole number ≥ 1, got {num_inference_steps!r}")
     if spacing == "uniform_t":
         if moves_karras_range(sigma_min, sigma_max, rho):
             raise ValueError("sigma_min, sigma_max and rho shape the 'karras' spacing; "

@@ -4,7 +4,7 @@ import functools
 import torch
 from torch.utils.data import TensorDataset
 
-from minidiff.course.recipes.common import RECIPES, recipe_config, ship
+from minidiff.course.recipes.common import RECIPES, finish, recipe_config
 from minidiff.datasets.mnist import mnist_dataset
 from minidiff.datasets.shapes import ShapesDataset
 from minidiff.metrics import PROTOCOL_SAMPLES, PROTOCOL_SEED, classifier_fid, evaluate_samples, psnr, real_vs_real_fid
@@ -53,8 +53,9 @@ def _ae_mnist(latent_channels: int, fast: bool = False, device: str = "auto") ->
     metrics = {"test_psnr": psnr(decode_all(ae, codes), test), "latent_numbers": codes[0].numel(),
                "random_code_fid": classifier_fid(matched), "standard_normal_code_fid": classifier_fid(standard),
                "real_vs_real_fid": real_vs_real_fid()}
-    return ship(ae, name, result, fast, "MNIST train (60,000); PSNR on MNIST test (10,000); FID of 2,000 "
-                 "random codes (seed 0) matched to the test codes' per-number mean/std", metrics)
+    return finish(ae, name, result, fast, "MNIST train (60,000); PSNR on MNIST test (10,000); FID of 2,000 "
+                  "random codes (seed 0) matched to the test codes' per-number mean/std", metrics,
+                  better=("test_psnr", "higher"))
 
 
 for _c in AE_LATENT_CHANNELS:
@@ -84,8 +85,8 @@ def _vae_mnist(name: str, latent_dim: int, steps: int, fast: bool, device: str) 
                **{f"test_{k}_nats": v for k, v in evaluate_elbo(vae, test).items()},
                "prior_sample_fid": report["fid"], "prior_sample_confidence": report["confidence"],
                "prior_sample_class_histogram": report["class_histogram"], "real_vs_real_fid": real_vs_real_fid()}
-    return ship(vae, name, result, fast, "MNIST train (60,000); ELBO and PSNR on MNIST test (10,000); "
-                 "FID of 2,000 prior samples (seed 0)", metrics)
+    return finish(vae, name, result, fast, "MNIST train (60,000); ELBO and PSNR on MNIST test (10,000); "
+                  "FID of 2,000 prior samples (seed 0)", metrics, better=("prior_sample_fid", "lower"))
 
 
 @RECIPES.register
@@ -122,5 +123,5 @@ def vae_shapes(fast: bool = False, device: str = "auto") -> dict:
                **{f"test_{k}_nats": v for k, v in evaluate_elbo(vae, test).items()},
                "latent_mean": latents.mean().item(), "latent_std": latents.std().item(),
                "scaling_factor": 1 / latents.std().item()}
-    return ship(vae, "vae_shapes", result, fast, "shapes seed 0 (20,000) for training; PSNR and ELBO on "
-                 "shapes seed 1 (2,000)", metrics)
+    return finish(vae, "vae_shapes", result, fast, "shapes seed 0 (20,000) for training; PSNR and ELBO on "
+                  "shapes seed 1 (2,000)", metrics, better=("test_psnr", "higher"))

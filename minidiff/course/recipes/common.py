@@ -1,9 +1,11 @@
 """Recipes: one command re-creates each shipped checkpoint, e.g. ``python -m minidiff train mnist_classifier``.
 
 A recipe builds a model, trains it with the one trainer (``minidiff.train``), measures it, and saves
-its weights with a manifest entry (sha256, data, steps, wall time, hardware, metrics). Training
-state goes to ``runs/<name>/`` so an interrupted recipe resumes where it stopped. ``fast=True`` is a
-few-step smoke run that writes to ``runs/`` only and never touches the shipped weights.
+its weights with a manifest entry (sha256, data, steps, wall time, hardware, metrics) in its run
+folder, ``runs/<name>/``, where its training state lets an interrupted recipe resume where it stopped.
+Nothing a recipe does touches the shipped weights: ``minidiff.weights.ship`` puts a trained model
+into ``data/checkpoints/`` when asked, and only if it measures no worse. ``fast=True`` is a few-step
+smoke run, in ``runs/<name>-fast/``.
 
 Each chapter's recipes live in their own module of this folder and register here with
 ``@RECIPES.register``; ``catalog.py`` lists the modules (add a new chapter's there).
@@ -13,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from minidiff.files import project_dir
 from minidiff.registry import Registry
 from minidiff.train import TrainConfig
 from minidiff.weights import describe_segments, save_weights
@@ -21,8 +24,9 @@ RECIPES = Registry("recipe")
 
 
 def run_dir(name, fast):
-    """Resumable training state: ``runs/<name>`` (or under ``$MINIDIFF_RUNS``)."""
-    return str(Path(os.environ.get("MINIDIFF_RUNS", "runs")) / (f"{name}-fast" if fast else name))
+    """Resumable training state: the repository's ``runs/<name>`` (or under ``$MINIDIFF_RUNS``), the same
+    folder whether a recipe is started from the repository, from ``chapters/`` or from anywhere else."""
+    return str(Path(os.environ.get("MINIDIFF_RUNS", project_dir() / "runs")) / (f"{name}-fast" if fast else name))
 
 
 def recipe_config(name: str, fast: bool, device: str, *, steps: int, fast_steps: int = 20, **settings) -> TrainConfig:
@@ -32,10 +36,15 @@ def recipe_config(name: str, fast: bool, device: str, *, steps: int, fast_steps:
     return TrainConfig(steps=fast_steps if fast else steps, **{**shared, **settings})
 
 
-def ship(model, name, result, fast, data, metrics, recipe_options=""):
+def finish(model, name, result, fast, data, metrics, recipe_options="", *, better: tuple[str, str]) -> dict:
+    """The end of every recipe: the trained model and the manifest entry it would ship with go into its
+    run folder (``runs/<name>/<name>.safetensors`` and ``manifest.json``, beside the training
+    checkpoint). Shipping it over ``data/checkpoints/`` is a separate, explicit act — ``python -m
+    minidiff ship <name>`` (or ``train … --ship``) — which first compares ``better`` = (metric,
+    "lower" or "higher") with the shipped model's."""
     metrics["torch_threads"] = torch.get_num_threads()  # wall time means little without it
-    if not fast:
-        save_weights(model, name, recipe=f"python -m minidiff train {name}{recipe_options}", data=data,
-                     steps=result.steps, wall_time_s=result.wall_time_s, hardware=describe_segments(result.segments),
-                     metrics=metrics)
+    recipe = f"python -m minidiff train {name}{recipe_options} --ship"
+    save_weights(model, name, directory=run_dir(name, fast), recipe=recipe, data=data, steps=result.steps,
+                 wall_time_s=result.wall_time_s, hardware=describe_segments(result.segments), metrics=metrics,
+                 better=better)
     return metrics

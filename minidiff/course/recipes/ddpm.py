@@ -1,7 +1,7 @@
 """Chapters 04–05: the pixel-space MNIST denoisers, unconditional and class-conditional."""
 import torch
 
-from minidiff.course.recipes.common import RECIPES, run_dir, ship
+from minidiff.course.recipes.common import RECIPES, finish, run_dir
 from minidiff.datasets.mnist import mnist_diffusion_dataset
 from minidiff.diffusion.loss import unet_loss
 from minidiff.diffusion.pipeline import generate
@@ -61,7 +61,7 @@ def _ddpm_mnist(name: str, num_classes: int | None, steps: int | None, fast: boo
         metrics.update(guidance_scale=guidance, accuracy=report["accuracy"],
                        per_class_accuracy=report["per_class_accuracy"])
     data = "MNIST train (60,000); FID of 2,000 samples (seed 0) vs MNIST test"
-    return ship(model, name, result, fast, data, metrics, options)
+    return finish(model, name, result, fast, data, metrics, options, better=("fid_dpmpp_2m_20", "lower"))
 
 
 @RECIPES.register

@@ -1,7 +1,7 @@
 """Chapter 03: the DCGAN, trained well and trained into collapse."""
 import torch
 
-from minidiff.course.recipes.common import RECIPES, recipe_config, ship
+from minidiff.course.recipes.common import RECIPES, finish, recipe_config
 from minidiff.datasets.mnist import mnist_dataset
 from minidiff.metrics import PROTOCOL_SAMPLES, PROTOCOL_SEED, classifier_fid, evaluate_samples, real_vs_real_fid
 from minidiff.models.gan import GAN, GANConfig, gan_parts, make_gan_loss
@@ -28,7 +28,7 @@ def _measure_gan(model) -> dict:
 
 
 def _train_gan(name, fast, device, data_note, *, steps, lr, betas, warmup_steps=50, g_norm="batch",
-               loss="nonsaturating", r1_gamma=0.0):
+               loss="nonsaturating", r1_gamma=0.0, better=("fid", "lower")):
     """Both GAN recipes: DCGAN on the 60,000 MNIST training digits, batch 64, the one trainer with
     ``parts`` (D step, then G step); the EMA weights (G's running average) ship."""
     torch.manual_seed(0)
@@ -38,7 +38,7 @@ def _train_gan(name, fast, device, data_note, *, steps, lr, betas, warmup_steps=
     result = train(model, make_gan_loss(loss, r1_gamma), mnist_dataset("train"), config,
                    parts=gan_parts(model), resume=True)
     gan = result.ema.cpu().eval()
-    return ship(gan, name, result, fast, data_note, _measure_gan(gan))
+    return finish(gan, name, result, fast, data_note, _measure_gan(gan), better=better)
 
 
 @RECIPES.register
@@ -66,4 +66,4 @@ def dcgan_mnist_collapse(fast: bool = False, device: str = "auto") -> dict:
     return _train_gan("dcgan_mnist_collapse", fast, device, "MNIST train (60,000); FID of 2,000 samples "
                       "(seed 0) vs MNIST test; class histogram of 10,000 samples", steps=300,
                       lr={"discriminator": 2e-4, "generator": 1e-3}, betas=(0.9, 0.999), warmup_steps=20,
-                      g_norm="none")
+                      g_norm="none", better=("sample_pixel_std", "lower"))  # what it shows is the collapse

@@ -3,7 +3,7 @@ import time
 
 import torch
 
-from minidiff.course.recipes.common import RECIPES, recipe_config, ship
+from minidiff.course.recipes.common import RECIPES, finish, recipe_config
 from minidiff.datasets.mnist import mnist_dataset
 from minidiff.metrics import real_vs_real_fid
 from minidiff.models.classifier import MNISTClassifier, classifier_loss, predict
@@ -29,5 +29,6 @@ def mnist_classifier(fast: bool = False, device: str = "auto") -> dict:
     started = time.perf_counter()
     metrics["real_vs_real_fid"] = real_vs_real_fid(classifier=classifier)
     metrics["real_vs_real_seconds"] = round(time.perf_counter() - started, 1)
-    return ship(classifier, "mnist_classifier", result, fast,
-                 "MNIST train (60,000, data/mnist); evaluated on MNIST test (10,000)", metrics)
+    return finish(classifier, "mnist_classifier", result, fast,
+                  "MNIST train (60,000, data/mnist); evaluated on MNIST test (10,000)", metrics,
+                  better=("test_accuracy", "higher"))
