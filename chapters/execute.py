@@ -3,6 +3,7 @@
 Committed notebooks carry full-mode outputs (students read them on the web); CI re-runs them in fast
 mode. Cell timestamps are not recorded, so a re-run changes only what the code really changed.
 """
+import html
 import os
 import sys
 from pathlib import Path
@@ -11,12 +12,33 @@ import nbformat
 from nbclient import NotebookClient
 
 
+def finish_progress_bars(notebook) -> None:
+    """A tqdm bar is a widget whose text fallback is its first state ("0%| | 0/200"); readers of the
+    static notebook see only that. Write each bar's last state (kept in the saved widget state) into
+    its fallback, so a finished run reads as finished."""
+    state = notebook.metadata.get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {}).get("state", {})
+    for cell in notebook.cells:
+        for output in cell.get("outputs", []):
+            view = output.get("data", {}).get("application/vnd.jupyter.widget-view+json")
+            box = state.get(view["model_id"]) if view else None
+            if not box or box["model_name"] != "HBoxModel":
+                continue
+            parts = [state.get(child.removeprefix("IPY_MODEL_"), {}) for child in box["state"].get("children", [])]
+            if [part.get("model_name") for part in parts] != ["HTMLModel", "FloatProgressModel", "HTMLModel"]:
+                continue
+            prefix, bar, suffix = (part["state"] for part in parts)
+            filled = int(10 * bar.get("value", 0) / (bar.get("max") or 1))
+            text = f"{prefix.get('value', '')}|{'█' * filled}{' ' * (10 - filled)}|{suffix.get('value', '')}"
+            output["data"]["text/plain"] = html.unescape(text).replace("\u2007", " ")
+
+
 def execute(path: Path) -> None:
     notebook = nbformat.read(path, as_version=4)
     NotebookClient(notebook, timeout=3600, kernel_name="python3", record_timing=False,
                    resources={"metadata": {"path": str(path.parent)}}).execute()
     for cell in notebook.cells:
         cell.metadata.pop("execution", None)
+    finish_progress_bars(notebook)
     partial = path.with_name(f".{path.name}.partial")
     nbformat.write(notebook, partial)
     os.replace(partial, path)
