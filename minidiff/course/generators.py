@@ -68,7 +68,7 @@ def _shipped_denoiser(name):
         classes = model.config.num_classes
         if classes is None and guidance_scale is not None:
             raise ValueError(f"{name} is unconditional: guidance needs a class-conditional model "
-                             f"({', '.join(n for n in diffusion_sources() if n != name)})")
+                             f"({', '.join(other for other in diffusion_sources() if other != name)})")
         guidance_scale = 3.0 if guidance_scale is None else guidance_scale
         labels = None if classes is None else torch.arange(n) % classes
         images = generate(model, n, sampler=sampler, num_inference_steps=steps, seed=seed,

@@ -80,14 +80,19 @@ def loss_weight(snr_t: torch.Tensor, prediction_type: str, weighting: str = "min
     return {"epsilon": clipped / snr_t, "sample": clipped, "v_prediction": clipped / (snr_t + 1)}[prediction_type]
 
 
+def check_twin(cond: dict, uncond: dict) -> None:
+    """The unconditional twin of a condition mapping must name the same conditions."""
+    if set(uncond) != set(cond):
+        raise ValueError(f"uncond must have the same keys as cond ({sorted(cond)}), got {sorted(uncond)}")
+
+
 def drop_conditions(cond: dict, uncond: dict, p: float) -> dict:
     """Replace each example's condition by its unconditional twin with probability ``p`` (the same
     examples for every key), so one network also learns the unconditional model that classifier-free
     guidance needs (Ho & Salimans, 2022): labels become the null label, a caption the empty prompt."""
     if not cond or p <= 0:
         return cond
-    if set(uncond) != set(cond):
-        raise ValueError(f"uncond must have the same keys as cond ({sorted(cond)}), got {sorted(uncond)}")
+    check_twin(cond, uncond)
     first = next(iter(cond.values()))
     dropped = torch.rand(first.shape[0], device=first.device) < p
     return {k: torch.where(dropped.reshape(-1, *[1] * (v.ndim - 1)), uncond[k].expand_as(v), v)

@@ -27,7 +27,7 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from minidiff.diffusion.loss import convert_prediction
+from minidiff.diffusion.loss import check_twin, convert_prediction
 from minidiff.diffusion.schedules import alphas_cumprod_from_sigmas
 
 # ----------------------------------------------------------------------------- σ schedules for sampling
@@ -83,8 +83,7 @@ def model_denoiser(model, cond: dict | None = None, uncond: dict | None = None, 
         if not cond:
             raise ValueError("guidance_scale ≠ 1 needs a condition to guide towards (cond)")
         uncond = model.null_cond(cond) if uncond is None else uncond
-        if set(uncond) != set(cond):
-            raise ValueError(f"uncond must have the same keys as cond ({sorted(cond)}), got {sorted(uncond)}")
+        check_twin(cond, uncond)
         doubled = {k: torch.cat([cond[k], uncond[k].expand_as(cond[k])]) for k in cond}
     schedule, prediction_type = model.noise_schedule, model.config.prediction_type
 
