@@ -24,13 +24,15 @@ def cmd_train(args):
         pick_device(args.device)  # before any work: a device this machine lacks is one line
     except ValueError as err:
         sys.exit(f"error: {err}")
-    if args.fast and (args.ship or args.steps is not None):
-        sys.exit("error: --fast is a smoke run of a few steps, never shipped: drop --ship and --steps")
+    if args.fast and (args.ship or args.steps is not None or args.from_shipped):
+        sys.exit("error: --fast is a smoke run of a few steps, never shipped: drop --ship, --steps and --from-shipped")
     options = {"fast": args.fast, "device": args.device}
-    if args.steps is not None:
-        if "steps" not in inspect.signature(recipe).parameters:
-            sys.exit(f"recipe {args.recipe!r} has a fixed length; --steps is for the diffusion recipes")
-        options["steps"] = args.steps
+    for option, value in [("steps", args.steps), ("from_shipped", args.from_shipped or None)]:
+        if value is not None:
+            if option not in inspect.signature(recipe).parameters:
+                sys.exit(f"error: recipe {args.recipe!r} has a fixed length; --{option.replace('_', '-')} is for "
+                         "the diffusion recipes")
+            options[option] = value
     metrics = recipe(**options)
     print(json.dumps(metrics, indent=2))
     trained = [name for name in metrics if name in RECIPES] or [args.recipe]  # ae_mnist trains ae_mnist_c1 … c8
@@ -128,6 +130,8 @@ def main(argv=None):
     p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, mps")
     p.add_argument("--steps", type=count(1, 10_000_000), help="diffusion recipes: train this long (more than a "
                                                              "finished run's steps resumes and extends it)")
+    p.add_argument("--from-shipped", action="store_true", help="diffusion recipes: with no run in runs/<recipe>/ "
+                   "to resume, train on from the shipped weights to --steps (fresh optimizer, new warm-up)")
     p.set_defaults(run=cmd_train)
 
     p = sub.add_parser("ship", help="ship what `train` left in runs/<name>/ over data/checkpoints/ (never worse)")

@@ -81,11 +81,14 @@ def write_atomic(path, write) -> Path:
     """Call ``write(tmp_path)``, fsync the result, then rename it to ``path`` in one atomic step.
 
     Every file minidiff writes goes through here: a crash leaves the old file or the new one,
-    never half of one. The temporary file sits in the same folder, so the rename cannot cross disks.
+    never half of one. The temporary file sits in the same folder, so the rename cannot cross disks;
+    its name carries the writer's process id (``.<name>.<pid>.<random>.tmp``), so the next write into
+    that folder removes what writers killed mid-write left behind (``remove_orphans``).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    remove_orphans(path.parent)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     os.close(fd)
     os.chmod(tmp, 0o644)  # mkstemp makes files private; these are ordinary data files
     try:
@@ -97,6 +100,27 @@ def write_atomic(path, write) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def remove_orphans(folder) -> None:
+    """Delete ``write_atomic``'s temporary files in ``folder`` whose writing process no longer exists
+    (killed with ``kill -9``, or the machine lost power); files of live writers are left alone."""
+    for tmp in Path(folder).glob(".*.*.*.tmp"):
+        pid = tmp.name.rsplit(".", 3)[1]
+        if pid.isdigit() and not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    if os.name != "posix":  # Windows has no signal 0: keep every file rather than guess
+        return True
+    try:
+        os.kill(pid, 0)  # signal 0 only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    return True
 
 
 def sha256sum(path) -> str:

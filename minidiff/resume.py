@@ -141,22 +141,38 @@ def _rng_tensors(device, world: int) -> tuple[dict, dict]:
     return {f"rng.{r}.{k}": v for k, t in tensors.items() for r, v in enumerate(_gather(t, device))}, state
 
 
-def run_identity(model, loss_fn, data) -> dict:
+def run_identity(model, loss_fn, data, start_from: dict | None = None) -> dict:
     """What a checkpoint must have been trained on to be resumed by this run: the model (its class and
-    config), the loss function and the number of examples (the training settings are checked apart)."""
+    config), the loss function, the number of examples and the weights it started from (none, or
+    shipped ones: their sha256 and step). The training settings are checked apart."""
     config = getattr(model, "config", None)
     loss = getattr(loss_fn, "func", loss_fn)  # a functools.partial names the function it wraps
     return json.loads(json.dumps({
         "model": type(model).__name__,
         "model_config": dataclasses.asdict(config) if dataclasses.is_dataclass(config) else None,
         "loss": f"{getattr(loss, '__module__', '')}.{getattr(loss, '__qualname__', type(loss).__name__)}",
-        "examples": len(data)}))
+        "examples": len(data),
+        "started_from": None if start_from is None else {k: start_from[k] for k in ("sha256", "step")}}))
+
+
+def check_start(start_from: dict, config) -> None:
+    """Training on from finished weights must have steps left to take."""
+    if start_from["step"] >= config.steps:
+        raise DataError(f"The weights to train on from have {start_from['step']:,} steps already: ask for more "
+                        f"(e.g. --steps {start_from['step'] + 5000}).")
 
 
 def check_same_run(saved: dict | None, identity: dict, out_dir) -> None:
     """Refuse to resume a checkpoint of another model, loss or data set, naming what differs."""
     if saved is None:  # (checkpoints from before this record resume as they did)
         return
+    if saved.get("started_from") != identity["started_from"]:
+        def origin(start):
+            return "from scratch" if start is None else \
+                f"from weights {start['sha256'][:12]}… at step {start['step']:,}"
+        raise DataError(f"{out_dir} holds a run that started {origin(saved.get('started_from'))}, not "
+                        f"{origin(identity['started_from'])}. Continue it as it was started, or delete that "
+                        "folder to start afresh.")
     changed = [k for k in identity if saved.get(k) != identity[k]]
     if "model_config" in changed and saved.get("model_config") and identity["model_config"]:
         old, new = saved["model_config"], identity["model_config"]

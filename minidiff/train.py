@@ -46,6 +46,7 @@ from minidiff.files import folder_lock
 from minidiff.resume import (
     check_same_recipe,
     check_same_run,
+    check_start,
     load_checkpoint,
     log_segment,
     restore_training_state,
@@ -97,7 +98,7 @@ class TrainResult:
 
 # ----------------------------------------------------------------------------- schedule and EMA
 
-def lr_at(step: int, config: TrainConfig, lr: float | None = None) -> float:
+def lr_at(step: int, config: TrainConfig, lr: float | None = None, since: int = 0) -> float:
     """Learning rate for 0-based ``step``: linear warm-up, then cosine decay.
 
         warm-up  (s < S_w):  lr * (s + 1) / S_w                      reaches lr at s = S_w - 1
@@ -105,12 +106,14 @@ def lr_at(step: int, config: TrainConfig, lr: float | None = None) -> float:
                              p = (s - S_w) / (S - 1 - S_w)           lr at s = S_w, lr_min at s = S - 1
 
     with lr_min = lr * min_lr_ratio and S = config.steps. Warm-up keeps Adam's first, badly
-    estimated, moments from taking large steps.
+    estimated, moments from taking large steps. A run that trains on from shipped weights starts
+    with fresh moments at step ``since``, so its warm-up is counted from there (s → s − since).
     """
     lr = config.lr if lr is None else lr
+    step, steps = step - since, config.steps - since
     if step < config.warmup_steps:
         return lr * (step + 1) / config.warmup_steps
-    progress = min(1.0, (step - config.warmup_steps) / max(1, config.steps - 1 - config.warmup_steps))
+    progress = min(1.0, (step - config.warmup_steps) / max(1, steps - 1 - config.warmup_steps))
     lr_min = lr * config.min_lr_ratio
     return lr_min + (lr - lr_min) * 0.5 * (1 + math.cos(math.pi * progress))
 
@@ -249,21 +252,26 @@ def _rng_preserved(device):
 
 
 def train(model, loss_fn, data: Dataset | torch.Tensor, config: TrainConfig | None = None, *,
-          parts=None, callbacks=(), resume: bool = False) -> TrainResult:
+          parts=None, callbacks=(), resume: bool = False, start_from: dict | None = None) -> TrainResult:
     """Train ``model`` to minimise ``loss_fn(model, batch)["loss"]`` over ``data`` (see module docstring).
 
     ``data`` is a Dataset (a TensorDataset is indexed directly) or a tensor of examples.
     ``callbacks`` is a list of ``(every_n_steps, fn)``; ``fn(TrainState)`` runs on rank 0.
     ``resume=True`` continues from ``config.out_dir``'s checkpoint if there is one. A run folder has
     one owner at a time: a second training into it stops at once with one clear line.
+
+    ``start_from`` trains on from finished weights that have no training checkpoint (shipped ones:
+    ``minidiff.weights.shipped_start``): model and EMA start from them at their step, with fresh
+    optimizer moments and a fresh warm-up. The batches are those a straight run would draw (they
+    depend on the step alone); the noise is not, so this extends a model, inexactly.
     """
     config = config or TrainConfig()
     owns_folder = config.out_dir and int(os.environ.get("RANK", 0)) == 0
     with folder_lock(config.out_dir, wait=False, what="training") if owns_folder else contextlib.nullcontext():
-        return _train(model, loss_fn, data, config, parts, callbacks, resume)
+        return _train(model, loss_fn, data, config, parts, callbacks, resume, start_from)
 
 
-def _train(model, loss_fn, data, config, parts, callbacks, resume) -> TrainResult:
+def _train(model, loss_fn, data, config, parts, callbacks, resume, start_from) -> TrainResult:
     device = pick_device(config.device)
     rank, world, device = _init_distributed(device)
     if config.batch_size % world:
@@ -272,6 +280,9 @@ def _train(model, loss_fn, data, config, parts, callbacks, resume) -> TrainResul
     np.random.seed(config.seed + rank)
     torch.manual_seed(config.seed + rank)  # each rank draws its own noise and dropout masks
 
+    if start_from is not None:
+        check_start(start_from, config)
+        model.load_state_dict(start_from["weights"])
     model = model.to(device).train()
     if world > 1:
         for t in model.state_dict().values():
@@ -284,12 +295,15 @@ def _train(model, loss_fn, data, config, parts, callbacks, resume) -> TrainResul
 
     start, history, previous_time, segments = 0, [], 0.0, []
     checkpoint = load_checkpoint(config.out_dir) if resume and config.out_dir else None
-    identity = run_identity(model, loss_fn, data)
+    identity = run_identity(model, loss_fn, data, start_from)
     if checkpoint is not None:
         check_same_recipe(checkpoint[1]["config"], config)
         check_same_run(checkpoint[1].get("run"), identity, config.out_dir)
         start, history, previous_time, segments = restore_training_state(checkpoint, model, ema, optimizers,
                                                                          device, rank)
+    elif start_from is not None:
+        start, previous_time, segments = start_from["step"], start_from["wall_time_s"], start_from["segments"]
+    since = 0 if start_from is None else start_from["step"]  # where the optimizer's moments began
 
     n = len(data)
     bf16 = device.type == "cuda" and config.bf16
@@ -304,7 +318,7 @@ def _train(model, loss_fn, data, config, parts, callbacks, resume) -> TrainResul
         logged, lrs = {}, {}
         for name, optimizer in optimizers.items():
             prefix = "" if parts is None else f"{name}."
-            lrs[f"{prefix}lr"] = lr_at(step, config, _per_part(config.lr, name))
+            lrs[f"{prefix}lr"] = lr_at(step, config, _per_part(config.lr, name), since)
             with autocast:
                 out = loss_fn(model, batch) if parts is None else loss_fn(model, batch, name)
             out["grad_norm"] = _update(optimizer, out["loss"], lrs[f"{prefix}lr"], config.grad_clip, world)

@@ -91,12 +91,13 @@ def manifest_lock(directory: Path):
 
 def save_weights(model, name: str, *, directory=None, recipe: str, data: str, steps: int,
                  wall_time_s: float, hardware: str | None = None, metrics: dict | None = None,
-                 better: tuple[str, str] | None = None) -> Path:
+                 better: tuple[str, str] | None = None, **record) -> Path:
     """Save ``model``'s weights as ``<name>.safetensors`` and record how they were made in the manifest.
 
     The file's metadata names the model class and config too, so a file copied without its manifest
     still says what it is. Other manifest entries are left untouched. ``better`` = (metric, "lower" or
-    "higher") says which figure decides whether this model may replace another (``ship``).
+    "higher") says which figure decides whether this model may replace another (``ship``); ``record``
+    adds anything else the entry should keep (a run's ``segments``, the weights it ``started_from``).
     """
     directory = checkpoints_dir(directory)
     path = directory / f"{name}.safetensors"
@@ -106,6 +107,7 @@ def save_weights(model, name: str, *, directory=None, recipe: str, data: str, st
         save_safetensors_atomic(model.state_dict(), path, metadata)
         manifest = read_manifest(directory)
         manifest[name] = _entry(path, model, config, recipe, data, steps, wall_time_s, hardware, metrics, better)
+        manifest[name].update(record)
         write_json_atomic(dict(sorted(manifest.items())), directory / "manifest.json")
     return path
 
@@ -171,6 +173,19 @@ def record_metrics(name: str, metrics: dict, *, directory=None) -> dict:
         manifest[name]["metrics"] = {**manifest[name]["metrics"], **metrics}
         write_json_atomic(manifest, directory / "manifest.json")
     return manifest[name]["metrics"]
+
+
+def shipped_start(name: str, model, *, directory=None) -> dict:
+    """What ``train(start_from=…)`` needs to train the shipped ``name`` on into ``model`` (built by the
+    same recipe): its verified weights, their sha256 and step, and where and how long they trained."""
+    shipped = load_pretrained(name, directory=directory)
+    if shipped.config != model.config:
+        raise DataError(f"The shipped {name} was built with another config than this recipe's "
+                        f"({shipped.config} vs {model.config}): it cannot be trained on by it.")
+    entry = read_manifest(directory)[name]
+    one_stretch = [{"steps": [1, entry["steps"]], "hardware": entry["hardware"], "wall_time_s": entry["wall_time_s"]}]
+    return {"weights": shipped.state_dict(), "sha256": entry["sha256"], "step": entry["steps"],
+            "wall_time_s": entry["wall_time_s"], "segments": entry.get("segments", one_stretch)}
 
 
 def load_pretrained(name: str, *, directory=None, device="cpu"):

@@ -112,7 +112,58 @@ def _digits(n):
     return torch.rand(n, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 2 - 1
 
 
-BAD_INPUT = [  # (case, argv with {tmp} for the temporary folder, setup(tmp) or None, expected line, exit code)
+def _shipped_copy(tmp, monkeypatch, change=None):
+    """A copy of the shipped manifest (and MNIST) in ``tmp/data``, used as the data folder, with
+    ``change(checkpoints_folder, manifest)`` applied: a careless student's edits, never the real files."""
+    import shutil
+
+    from minidiff.files import project_dir
+    data = tmp / "data"
+    shutil.copytree(project_dir() / "data" / "mnist", data / "mnist")
+    (data / "checkpoints").mkdir()
+    manifest = json.loads((project_dir() / "data" / "checkpoints" / "manifest.json").read_text())
+    if change:
+        change(data / "checkpoints", manifest)
+    (data / "checkpoints" / "manifest.json").write_text(json.dumps(manifest))
+    monkeypatch.setenv("MINIDIFF_DATA", str(data))
+
+
+def _not_safetensors_with_its_hash(folder, manifest):
+    from minidiff.files import sha256sum
+    (folder / "ddpm_mnist.safetensors").write_bytes(b"\xff" * 64)
+    manifest["ddpm_mnist"]["sha256"] = sha256sum(folder / "ddpm_mnist.safetensors")
+
+
+def _stale_hash(folder, manifest):
+    import shutil
+
+    from minidiff.files import project_dir
+    shipped = project_dir() / "data" / "checkpoints" / "ddpm_mnist.safetensors"
+    shutil.copyfile(shipped, folder / "ddpm_mnist.safetensors")
+    manifest["ddpm_mnist"]["sha256"] = "0" * 64
+
+
+def _run_checkpoint(tmp, tensors: bytes, config=None, sha256=None):
+    """A training checkpoint of ``mnist_classifier`` in ``tmp/runs`` as a crash or an edit left it."""
+    from minidiff.files import sha256sum
+    folder = tmp / "runs" / "mnist_classifier"
+    folder.mkdir(parents=True)
+    (folder / "checkpoint-00000500.safetensors").write_bytes(tensors)
+    state = {"step": 500, "tensors": "checkpoint-00000500.safetensors", "config": config or {},
+             "sha256": sha256 or sha256sum(folder / "checkpoint-00000500.safetensors")}
+    (folder / "checkpoint.json").write_text(json.dumps(state))
+
+
+def _valid_tensors():
+    from safetensors.torch import save
+    return save({"model.weight": torch.zeros(2)})
+
+
+def _no_cuda(tmp, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+
+
+BAD_INPUT = [  # (case, argv with {tmp} for the temporary folder, setup(tmp, monkeypatch), expected line, exit code)
     ("--out names the tensors file", ["sample", "mnist", "--out", "{tmp}/x.safetensors"], None,
      r"give the picture's file name, ending in \.png; the tensors are written beside it as x\.safetensors", None),
     ("--out in a folder that cannot be made", ["sample", "mnist", "--out", "/proc/no/such/x.png"], None,
@@ -132,35 +183,70 @@ BAD_INPUT = [  # (case, argv with {tmp} for the temporary folder, setup(tmp) or 
     ("train --steps -5", ["train", "ddpm_mnist", "--steps", "-5"], None, r"argument --steps: -5 is out of range", 2),
     ("train --device gpu", ["train", "mnist_classifier", "--device", "gpu"], None,
      r"unknown device 'gpu'; choose one of auto, cpu, cuda, mps", None),
+    ("train --device cuda without a GPU", ["train", "mnist_classifier", "--device", "cuda"], _no_cuda,
+     r"--device cuda: this machine has no CUDA GPU .*use --device cpu or auto", None),
+    ("train --fast --steps",
+     ["train", "ddpm_mnist", "--fast", "--steps", "50"], None, r"--fast is a smoke run of a few steps, never shipped",
+     None),
+    ("train --from-shipped on a fixed-length recipe", ["train", "mnist_classifier", "--from-shipped"], None,
+     r"recipe 'mnist_classifier' has a fixed length; --from-shipped is for the diffusion recipes", None),
+    ("train --from-shipped to no more steps than shipped", ["train", "ddpm_mnist", "--from-shipped", "--steps",
+                                                            "31000"], None,
+     r"have 31,000 steps already: ask for more \(e\.g\. --steps 36000\)", None),
+    ("resume a training checkpoint with a flipped byte", ["train", "mnist_classifier"],
+     lambda tmp, mp: _run_checkpoint(tmp, _valid_tensors(), sha256="1" * 64),
+     r"checkpoint-00000500\.safetensors is corrupt: sha256 .* Delete .*mnist_classifier to start over", None),
+    ("resume a training checkpoint that is not safetensors", ["train", "mnist_classifier"],
+     lambda tmp, mp: _run_checkpoint(tmp, b"\x00" * 40),
+     r"checkpoint-00000500\.safetensors is damaged .* Delete .*mnist_classifier to start over", None),
+    ("resume a checkpoint trained with other settings", ["train", "mnist_classifier"],
+     lambda tmp, mp: _run_checkpoint(tmp, _valid_tensors(), config={"lr": 0.5}),
+     r"holds a checkpoint trained with other settings \(.*lr: 0\.5 → .*Delete that folder", None),
+    ("a shipped file that is not safetensors but matches its hash", ["sample", "ddpm_mnist", "--out", "{tmp}/s.png"],
+     lambda tmp, mp: _shipped_copy(tmp, mp, _not_safetensors_with_its_hash),
+     r"matches the manifest's sha256 but is not a safetensors file .*the manifest entry is wrong", None),
+    ("a manifest entry whose hash is stale", ["sample", "ddpm_mnist", "--out", "{tmp}/s.png"],
+     lambda tmp, mp: _shipped_copy(tmp, mp, _stale_hash),
+     r"is corrupt: sha256 .*The file or its manifest entry changed: restore the file and its manifest", None),
+    ("a truncated MNIST file", ["sample", "mnist", "--out", "{tmp}/s.png"],
+     lambda tmp, mp: (_shipped_copy(tmp, mp), (tmp / "data/mnist/t10k-images-idx3-ubyte.gz").write_bytes(b"\x1f\x8b")),
+     r"t10k-images-idx3-ubyte\.gz is (corrupt|not a readable gzip file)", None),
     ("evaluate a file that is not there", ["evaluate", "{tmp}/missing.safetensors"], None,
      r"missing\.safetensors does not exist: make it with `python -m minidiff sample", None),
     ("evaluate pictures in [0, 1]", ["evaluate", "{tmp}/s.safetensors"],
-     lambda tmp: _samples(tmp / "s.safetensors", (_digits(50) + 1) / 2),
+     lambda tmp, mp: _samples(tmp / "s.safetensors", (_digits(50) + 1) / 2),
      r"pixels run from .* but the protocol scores pictures in \[-1, 1\].*2·x − 1", None),
     ("evaluate one picture", ["evaluate", "{tmp}/s.safetensors"],
-     lambda tmp: _samples(tmp / "s.safetensors", _digits(1)), r"holds 1 picture\(s\): FID needs at least 2", None),
+     lambda tmp, mp: _samples(tmp / "s.safetensors", _digits(1)), r"holds 1 picture\(s\): FID needs at least 2", None),
     ("evaluate NaN pictures", ["evaluate", "{tmp}/s.safetensors"],
-     lambda tmp: _samples(tmp / "s.safetensors", _digits(4) * float("nan")), r"NaN or infinite pixels", None),
+     lambda tmp, mp: _samples(tmp / "s.safetensors", _digits(4) * float("nan")), r"NaN or infinite pixels", None),
     ("evaluate mismatched labels", ["evaluate", "{tmp}/s.safetensors"],
-     lambda tmp: _samples(tmp / "s.safetensors", _digits(5), torch.arange(3)), r"\(3,\) labels for 5 pictures", None),
+     lambda tmp, mp: _samples(tmp / "s.safetensors", _digits(5), torch.arange(3)),
+     r"\(3,\) labels for 5 pictures", None),
 ]
 
 
 @pytest.mark.parametrize("case, argv, setup, line, code", BAD_INPUT, ids=[case[0] for case in BAD_INPUT])
-def test_bad_input_is_one_clear_line_and_changes_nothing(case, argv, setup, line, code, tmp_path, capsys):
-    from minidiff.weights import checkpoints_dir
-    shipped = {p.name: p.read_bytes() for p in checkpoints_dir().iterdir()}
+def test_bad_input_is_one_clear_line_and_changes_nothing(case, argv, setup, line, code, tmp_path, capsys,
+                                                         monkeypatch):
+    from minidiff.files import project_dir
+
+    def files(folder):  # every file's bytes (a run folder's lock file is how a training owns it, not data)
+        return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file() and p.name != ".lock"}
+
+    shipped = files(project_dir() / "data")
+    monkeypatch.setenv("MINIDIFF_RUNS", str(tmp_path / "runs"))
     if setup:
-        setup(tmp_path)
-    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+        setup(tmp_path, monkeypatch)
+    before = files(tmp_path)
     with pytest.raises(SystemExit) as exit_:
         main([a.format(tmp=tmp_path) for a in argv])
     message = str(exit_.value.code) if code is None else capsys.readouterr().err.strip().splitlines()[-1]
     assert re.search(line, message), message
     assert (exit_.value.code == code) if code is not None else message.startswith("error: ")
     assert "\n" not in message and "Traceback" not in message
-    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
-    assert {p.name: p.read_bytes() for p in checkpoints_dir().iterdir()} == shipped
+    assert files(tmp_path) == before
+    assert files(project_dir() / "data") == shipped
 
 
 def test_evaluating_fewer_pictures_than_the_protocol_says_fid_is_biased(tmp_path, capsys):
@@ -175,3 +261,26 @@ def test_training_never_ships_unless_asked_and_shipping_needs_a_trained_model(tm
         main(["train", "mnist_classifier", "--fast", "--ship"])
     with pytest.raises(SystemExit, match=r"No trained ddpm_mnist in .*ddpm_mnist: train it first"):
         main(["ship", "ddpm_mnist"])
+
+
+@pytest.mark.slow
+def test_a_fresh_clone_trains_the_shipped_model_on(tmp_path, monkeypatch, capsys):
+    """No runs/ folder (a fresh clone): ``--from-shipped`` continues the shipped 31,000 steps, and the
+    run's manifest entry says so — steps, the command, where every stretch trained, what it started
+    from. (The protocol's 2,000 samples are cut to 100 here: the figure is not what is tested.)"""
+    from minidiff.course.recipes import ddpm
+    from minidiff.weights import checkpoints_dir, read_manifest
+    monkeypatch.setenv("MINIDIFF_RUNS", str(tmp_path))
+    monkeypatch.setattr(ddpm, "PROTOCOL_SAMPLES", 100)
+    shipped = read_manifest()["ddpm_mnist"]
+    before = (checkpoints_dir() / "ddpm_mnist.safetensors").read_bytes()
+    main(["train", "ddpm_mnist", "--from-shipped", "--steps", f"{shipped['steps'] + 2}", "--device", "cpu"])
+    entry = read_manifest(tmp_path / "ddpm_mnist")["ddpm_mnist"]
+    assert entry["steps"] == shipped["steps"] + 2
+    assert entry["recipe"] == f"python -m minidiff train ddpm_mnist --steps {shipped['steps'] + 2} --from-shipped --ship"
+    assert entry["started_from"] == {"sha256": shipped["sha256"], "step": shipped["steps"]}
+    assert entry["segments"][:-1] == shipped["segments"]
+    assert entry["segments"][-1]["steps"] == [shipped["steps"] + 1, shipped["steps"] + 2]
+    assert entry["metrics"]["loss_curve"][-1][1] < 0.05  # a trained model's loss (from scratch: about 0.33)
+    assert "the shipped weights are unchanged" in capsys.readouterr().err
+    assert (checkpoints_dir() / "ddpm_mnist.safetensors").read_bytes() == before

@@ -162,3 +162,30 @@ def test_extract_corrupt_archive(tmp_path):
     (tmp_path / "bad.zip").write_bytes(b"not a zip at all")
     with pytest.raises(DataError, match=r"bad\.zip is not a readable archive"):
         extract(tmp_path / "bad.zip", tmp_path / "out")
+
+
+def test_a_write_killed_midway_leaves_nothing_the_next_write_does_not_remove(tmp_path):
+    """``kill -9`` during ``write_atomic`` leaves its temporary file; the next write into that folder
+    removes it, and never a temporary file whose writer is still alive."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from minidiff.files import write_atomic
+    slow_writer = ("import sys, time; from minidiff.files import write_atomic\n"
+                   "write_atomic(sys.argv[1], lambda tmp: (open(tmp, 'w').write('half'), time.sleep(60)))")
+    child = subprocess.Popen([sys.executable, "-c", slow_writer, str(tmp_path / "samples.png")])
+    for _ in range(200):  # until its temporary file exists
+        if list(tmp_path.glob(".samples.png.*.tmp")):
+            break
+        time.sleep(0.05)
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    orphan, = tmp_path.glob(".samples.png.*.tmp")
+    live = tmp_path / f".other.png.{os.getpid()}.abcd1234.tmp"  # a writer that is still running: this test
+    live.write_text("in progress")
+    write_atomic(tmp_path / "next.png", lambda tmp: open(tmp, "w").write("whole"))
+    assert not orphan.exists() and live.exists() and (tmp_path / "next.png").read_text() == "whole"
+    assert not (tmp_path / "samples.png").exists()

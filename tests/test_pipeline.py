@@ -166,6 +166,35 @@ def test_fresh_noise_is_drawn_where_the_generator_lives():
     assert drawn.device == x.device and drawn.dtype == x.dtype
 
 
+def accelerators() -> list[str]:
+    return [kind for kind, present in [("cuda", torch.cuda.is_available()), ("mps", torch.backends.mps.is_available())]
+            if present]
+
+
+@pytest.mark.parametrize("sampler", [name for name, info in samplers.SAMPLERS.items() if info.stochastic])
+def test_a_seed_draws_the_same_picture_on_every_device(sampler, monkeypatch):
+    """Every random number ``generate`` uses comes from its seeded CPU generator — none from the
+    global RNG or a device's own — so a chapter's stochastic pictures are the same on a laptop, a GPU
+    and a Mac: compared here on every accelerator this machine has."""
+    model = tiny_unet(prediction_type="v_prediction")
+    randn, draws = torch.randn, []
+
+    def recorded(*args, generator=None, **kwargs):
+        draws.append(generator)
+        return randn(*args, generator=generator, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(torch, "randn", recorded)
+        patch.setattr(torch, "randn_like", lambda *a, **k: pytest.fail("a draw from the global RNG"))
+        patch.setattr(torch, "rand_like", lambda *a, **k: pytest.fail("a draw from the global RNG"))
+        on_cpu = generate(model, 4, sampler=sampler, num_inference_steps=5, seed=3, progress=False)
+    assert len(draws) >= 5 and all(g is not None and g.device.type == "cpu" for g in draws)
+    for device in accelerators():
+        there = generate(model.to(device), 4, sampler=sampler, num_inference_steps=5, seed=3, progress=False)
+        assert there.device.type == device
+        assert torch.allclose(there.cpu(), on_cpu, atol=1e-3), device
+
+
 def test_a_device_this_machine_lacks_is_one_clear_error():
     from minidiff.devices import pick_device
     with pytest.raises(ValueError, match="unknown device 'gpu'; choose one of auto, cpu, cuda, mps"):

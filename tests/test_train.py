@@ -159,6 +159,56 @@ def test_lr_schedule_end_points():
     assert all(a <= b for a, b in zip(lrs[:10], lrs[1:10]))
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:]))
     assert lr_at(3, c, lr=2.0) == pytest.approx(2 * lr_at(3, c))
+    later = TrainConfig(steps=150, lr=1.0, warmup_steps=10, min_lr_ratio=0.1)  # fresh moments at step 50
+    assert [lr_at(50 + s, later, since=50) for s in range(100)] == pytest.approx(lrs)
+
+
+def _finished(tmp_path, steps=8):
+    """Weights of a finished run, as ``shipped_start`` hands them over: no optimizer state, no RNG."""
+    done = train(tiny_model(), noisy_loss, tiny_data(), config(steps=steps))
+    segments = [{"steps": [1, steps], "hardware": "the laptop", "wall_time_s": 12.0}]
+    return {"weights": {k: v.clone() for k, v in done.ema.state_dict().items()}, "sha256": "ab" * 32,
+            "step": steps, "wall_time_s": 12.0, "segments": segments}
+
+
+def test_training_on_from_finished_weights_starts_there_and_resumes_exactly(tmp_path):
+    start = _finished(tmp_path)
+    seen = []
+    straight = train(tiny_model(seed=5), noisy_loss, tiny_data(), config(steps=20, out_dir=str(tmp_path / "a")),
+                     start_from=start, callbacks=[(9, lambda state: seen.append(state.step))])
+    assert straight.steps == 20 and seen == [9, 18]  # steps 9…20, counted on from the finished run's 8
+    assert [seg["steps"] for seg in straight.segments] == [[1, 8], [9, 20]]
+    assert straight.segments[0]["hardware"] == "the laptop" and straight.wall_time_s > 12.0
+    first = straight.history[0]  # logged after step 10, the second of a fresh 3-step warm-up
+    assert first["step"] == 10 and first["lr"] == pytest.approx(1e-2 * 2 / 3)
+
+    with pytest.raises(Stop):  # the run is interrupted after its step-12 checkpoint …
+        train(tiny_model(seed=5), noisy_loss, tiny_data(), config(steps=20, out_dir=str(tmp_path / "b"),
+              checkpoint_every=12), start_from=start, callbacks=[(12, stop)])
+    resumed = train(tiny_model(seed=6), noisy_loss, tiny_data(),  # … and the same command continues it
+                    config(steps=20, out_dir=str(tmp_path / "b"), checkpoint_every=12), start_from=start, resume=True)
+    assert_same(straight.model.state_dict(), resumed.model.state_dict())
+    assert_same(straight.ema.state_dict(), resumed.ema.state_dict())
+
+
+def test_the_first_step_from_finished_weights_moves_away_from_them(tmp_path):
+    start = _finished(tmp_path)
+    one = train(tiny_model(seed=5), noisy_loss, tiny_data(), config(steps=9, ema_decay=None), start_from=start)
+    changed = [not torch.equal(one.model.state_dict()[k], v) for k, v in start["weights"].items()]
+    assert all(changed)  # every tensor was trained from the finished weights (not from tiny_model(seed=5))
+    for k, v in start["weights"].items():
+        assert (one.model.state_dict()[k] - v).abs().max() < 0.05, k  # one warm-up step, lr / 3
+
+
+def test_training_on_refuses_another_run_and_a_length_already_reached(tmp_path):
+    start = _finished(tmp_path)
+    with pytest.raises(DataError, match=r"have 8 steps already: ask for more"):
+        train(tiny_model(), noisy_loss, tiny_data(), config(steps=8), start_from=start)
+    train(tiny_model(), noisy_loss, tiny_data(), config(steps=10, out_dir=str(tmp_path / "run")))
+    with pytest.raises(DataError, match=r"holds a run that started from scratch, not from weights abababababab… "
+                                        r"at step 8\. Continue it as it was started"):
+        train(tiny_model(), noisy_loss, tiny_data(), config(steps=20, out_dir=str(tmp_path / "run")),
+              start_from=start, resume=True)
 
 
 def test_ema_formula():

@@ -8,6 +8,7 @@ from minidiff.diffusion.pipeline import generate
 from minidiff.metrics import PROTOCOL_SAMPLES, PROTOCOL_SEED, evaluate_samples, real_vs_real_fid
 from minidiff.models.unet import UNet, UNetConfig
 from minidiff.train import TrainConfig, train
+from minidiff.weights import shipped_start
 
 
 def ddpm_mnist_model(num_classes: int | None = None) -> UNet:
@@ -36,16 +37,21 @@ def ddpm_mnist_config(steps: int, fast: bool, out_dir: str | None, device: str =
 DDPM_MNIST_STEPS = 3000
 
 
-def _ddpm_mnist(name: str, num_classes: int | None, steps: int | None, fast: bool, device: str) -> dict:
-    """Train (``steps`` defaults to ``DDPM_MNIST_STEPS``; more resumes and extends a finished run),
-    measure with the protocol (DPM-Solver++(2M), 20 steps: the quick figure; the 1,000-step ancestral
-    figure comes from ``benchmarks/fid_vs_nfe.py``), and ship the EMA weights."""
-    options = f" --steps {steps}" if steps and steps != DDPM_MNIST_STEPS else ""
+def _ddpm_mnist(name: str, num_classes: int | None, steps: int | None, fast: bool, device: str,
+                from_shipped: bool) -> dict:
+    """Train (``steps`` defaults to ``DDPM_MNIST_STEPS``; more resumes and extends a finished run;
+    ``from_shipped`` trains on from the shipped weights where there is no run to resume), measure with
+    the protocol (DPM-Solver++(2M), 20 steps: the quick figure; the 1,000-step ancestral figure comes
+    from ``benchmarks/fid_vs_nfe.py``), and save the EMA weights in the run folder."""
+    options = (f" --steps {steps}" if steps and steps != DDPM_MNIST_STEPS else "") + \
+        (" --from-shipped" if from_shipped else "")
     steps = steps or DDPM_MNIST_STEPS
     torch.manual_seed(0)
     config = ddpm_mnist_config(20 if fast else steps, fast, run_dir(name, fast), device)
     dataset = mnist_diffusion_dataset("train", conditional=num_classes is not None)
-    result = train(ddpm_mnist_model(num_classes), unet_loss, dataset, config, resume=True)
+    model = ddpm_mnist_model(num_classes)
+    start = shipped_start(name, model) if from_shipped else None
+    result = train(model, unet_loss, dataset, config, resume=True, start_from=start)
     model = result.ema.cpu().eval()
     n = 200 if fast else PROTOCOL_SAMPLES
     labels = None if num_classes is None else torch.arange(n) % num_classes
@@ -61,17 +67,19 @@ def _ddpm_mnist(name: str, num_classes: int | None, steps: int | None, fast: boo
         metrics.update(guidance_scale=guidance, accuracy=report["accuracy"],
                        per_class_accuracy=report["per_class_accuracy"])
     data = "MNIST train (60,000); FID of 2,000 samples (seed 0) vs MNIST test"
-    return finish(model, name, result, fast, data, metrics, options, better=("fid_dpmpp_2m_20", "lower"))
+    return finish(model, name, result, fast, data, metrics, options, better=("fid_dpmpp_2m_20", "lower"),
+                  started_from=start)
 
 
 @RECIPES.register
-def ddpm_mnist(fast: bool = False, device: str = "auto", steps: int | None = None) -> dict:
+def ddpm_mnist(fast: bool = False, device: str = "auto", steps: int | None = None, from_shipped: bool = False) -> dict:
     """Chapter 05's unconditional denoiser."""
-    return _ddpm_mnist("ddpm_mnist", None, steps, fast, device)
+    return _ddpm_mnist("ddpm_mnist", None, steps, fast, device, from_shipped)
 
 
 @RECIPES.register
-def ddpm_mnist_cond(fast: bool = False, device: str = "auto", steps: int | None = None) -> dict:
+def ddpm_mnist_cond(fast: bool = False, device: str = "auto", steps: int | None = None,
+                    from_shipped: bool = False) -> dict:
     """Chapter 05's class-conditional denoiser ("draw me a 7"): 10 % of labels dropped to the null
     label during training, so classifier-free guidance works."""
-    return _ddpm_mnist("ddpm_mnist_cond", 10, steps, fast, device)
+    return _ddpm_mnist("ddpm_mnist_cond", 10, steps, fast, device, from_shipped)
