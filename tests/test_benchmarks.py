@@ -153,3 +153,47 @@ def test_smoke_refuses_to_write_the_committed_results(script, monkeypatch, capsy
     with pytest.raises(SystemExit) as refused:
         smoke(script, COMMITTED, monkeypatch)
     assert refused.value.code == 2 and "--smoke does not write into" in capsys.readouterr().err
+
+
+README_SAMPLER_ROWS = {  # the README's FID-vs-NFE table: row label → (sampler, the row's Karras options)
+    "minidiff DDPM (ancestral, 2-core CPU)": ("ddpm", {}),
+    "minidiff Euler ancestral (2-core CPU)": ("euler_ancestral", {}),
+    "minidiff Euler": ("euler", {}),
+    "minidiff Heun (NFE 5, 9, 19, 49, 99)": ("heun", {}),
+    "minidiff DDIM (η = 0)": ("ddim", {}),
+    "minidiff DPM-Solver++(2M)": ("dpmpp_2m", {}),
+    "minidiff DPM-Solver++(2M) SDE (2-core CPU)": ("dpmpp_2m_sde", {}),
+    "minidiff DPM-Solver++(2M) SDE, σ 0.2–20 (2-core CPU)": ("dpmpp_2m_sde", {"sigma_min": 0.2, "sigma_max": 20.0}),
+}
+
+
+def test_the_readmes_sampler_table_quotes_the_committed_results():
+    """Every figure of the README's FID-vs-NFE table (minidiff's rows) is the committed protocol row
+    (seed 0, 2,000 samples) to two decimals, so a re-measured benchmark cannot leave stale prose."""
+    from minidiff.diffusion.samplers import default_spacing, steps_for_nfe
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    results = json.loads((Path(__file__).resolve().parent.parent / "benchmarks" / "results" /
+                          "fid_vs_nfe_ddpm_mnist.json").read_text())
+    lines = readme.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| network calls (NFE) |"))
+    table = lines[start:start + next(i for i, line in enumerate(lines[start:]) if not line.startswith("|"))]
+    nfes = [int(cell) for cell in table[0].strip().strip("|").split("|")[1:]]
+    found = 0
+    for line in table[2:]:
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if cells[0] not in README_SAMPLER_ROWS:
+            continue
+        sampler, karras = README_SAMPLER_ROWS[cells[0]]
+        for nfe, cell in zip(nfes, cells[1:]):
+            if not cell:
+                continue
+            steps = steps_for_nfe(sampler, nfe)
+            spacing = "karras" if karras else default_spacing(sampler, steps)
+            [row] = [r for r in results["rows"] if (r["sampler"], r["steps"], r["seed"], r["samples"], r["spacing"])
+                     == (sampler, steps, 0, 2000, spacing) and all(r.get(k) == karras.get(k)
+                                                                  for k in ("sigma_min", "sigma_max", "rho"))]
+            quoted = float(cell.replace("*", "").replace(",", ""))
+            assert f"{row['fid']:.2f}" == f"{quoted:.2f}" or (quoted >= 1000 and round(row["fid"]) == quoted), \
+                f"README quotes {quoted} for {cells[0]} at NFE {nfe}; the results say {row['fid']:.2f}"
+            found += 1
+    assert found >= 30, "the README's sampler table was not found"
