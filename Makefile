@@ -4,8 +4,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+BROWSER_CHAPTERS ?= 04_forward_noising 06_samplers
 
-.PHONY: demo test quick lab chapters setup clean
+.PHONY: demo test quick lab chapters browser setup clean
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt Makefile
@@ -24,6 +25,10 @@ quick: $(STAMP)  # the unit tests only: no notebooks, none marked slow (real tra
 
 chapters: $(STAMP)  # re-run every chapter in full mode and save its outputs (maintainers)
 	$(BIN)/python chapters/execute.py
+
+browser: $(STAMP)  # open chapters in JupyterLab in headless Chromium (apt-get install chromium), move every widget
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[dev,bench,browser]"
+	$(BIN)/python chapters/browser_check.py $(BROWSER_CHAPTERS)
 
 lab: $(STAMP)
 	$(BIN)/jupyter lab chapters/

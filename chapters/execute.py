@@ -32,6 +32,24 @@ def finish_progress_bars(notebook) -> None:
             output["data"]["text/plain"] = html.unescape(text).replace("\u2007", " ")
 
 
+def describe_interactive(notebook) -> None:
+    """An ``interact`` cell's text fallback is its widget's repr ("interactive(children=(IntSlider(…"),
+    which is what a reader of the static notebook (or of an untrusted one, before "Run all") sees.
+    Say in words what the controls are, and that the figure beside them shows their range."""
+    state = notebook.metadata.get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {}).get("state", {})
+    for cell in notebook.cells:
+        for output in cell.get("outputs", []):
+            view = output.get("data", {}).get("application/vnd.jupyter.widget-view+json")
+            box = state.get(view["model_id"]) if view else None
+            if not box or "widget-interact" not in box["state"].get("_dom_classes", []):
+                continue
+            controls = [state.get(child.removeprefix("IPY_MODEL_"), {}) for child in box["state"].get("children", [])]
+            names = [c["state"].get("description") or c["model_name"].removesuffix("Model") for c in controls
+                     if c and c.get("model_name") != "OutputModel"]
+            output["data"]["text/plain"] = (f"[interactive controls: {', '.join(names)} — run the notebook to move "
+                                            "them; the figure beside this cell shows what they explore]")
+
+
 def execute(path: Path) -> None:
     notebook = nbformat.read(path, as_version=4)
     NotebookClient(notebook, timeout=3600, kernel_name="python3", record_timing=False,
@@ -39,6 +57,7 @@ def execute(path: Path) -> None:
     for cell in notebook.cells:
         cell.metadata.pop("execution", None)
     finish_progress_bars(notebook)
+    describe_interactive(notebook)
     partial = path.with_name(f".{path.name}.partial")
     nbformat.write(notebook, partial)
     os.replace(partial, path)

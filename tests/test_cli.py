@@ -277,7 +277,8 @@ def test_a_fresh_clone_trains_the_shipped_model_on(tmp_path, monkeypatch, capsys
     main(["train", "ddpm_mnist", "--from-shipped", "--steps", f"{shipped['steps'] + 2}", "--device", "cpu"])
     entry = read_manifest(tmp_path / "ddpm_mnist")["ddpm_mnist"]
     assert entry["steps"] == shipped["steps"] + 2
-    assert entry["recipe"] == f"python -m minidiff train ddpm_mnist --steps {shipped['steps'] + 2} --from-shipped --ship"
+    steps = shipped["steps"] + 2
+    assert entry["recipe"] == f"python -m minidiff train ddpm_mnist --steps {steps} --from-shipped --ship"
     assert entry["started_from"] == {"sha256": shipped["sha256"], "step": shipped["steps"]}
     assert entry["segments"][:-1] == shipped["segments"]
     assert entry["segments"][-1]["steps"] == [shipped["steps"] + 1, shipped["steps"] + 2]

@@ -1,98 +1,25 @@
-"""Every exercise check accepts its reference solution, reports a stub, and answers each plausible
-wrong answer with ❌ and the hint of the case it fails."""
+"""Every exercise check accepts its reference solution (written out independently of the library it is
+checked against), reports a stub, names each known mistake with its own hint, and gives any other
+wrong answer the hint of the case it fails."""
 import inspect
+import subprocess
+import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from minidiff.course import exercises, solutions
+from minidiff.course import exercises, sampling_exercises, solutions
 
-CHECKS = {name[len("check_"):]: fn for name, fn in inspect.getmembers(exercises, inspect.isfunction)
+MODULES = (exercises, sampling_exercises)
+CHECKS = {name[len("check_"):]: fn for module in MODULES for name, fn in inspect.getmembers(module, inspect.isfunction)
           if name.startswith("check_")}
+MISTAKES = {name: mistake for module in MODULES for name, mistake in module.MISTAKES.items()}
 
 
 def stub(*args):
     raise NotImplementedError
 
-
-def _alpha(alphas_cumprod, t):
-    return alphas_cumprod[t].reshape(-1, 1, 1, 1)
-
-
-# Mistakes a student could make: each returns a tensor of the right shape without raising, so the
-# check must get as far as comparing values, and print the hint of the first case it fails (the last
-# item, a piece of that hint). Every check has at least one (see test_every_check_has_wrong_answers).
-WRONG_VALUES = {
-    "mosaic": [
-        ("top-left pixel instead of the average",
-         lambda x, b: x[..., ::b, ::b].repeat_interleave(b, 2).repeat_interleave(b, 3), "average each 2×2 tile"),
-    ],
-    "add_noise": [
-        ("no square roots", lambda x, noise, a: (1 - a) * x + a * noise, "use square roots"),
-    ],
-    "discriminator_loss": [
-        ("one mean over both batches", lambda r, f: 2 * F.softplus(torch.cat([-r, f])).mean(),
-         "average each batch separately"),
-        ("log of sigmoid", lambda r, f: -torch.log(torch.sigmoid(r)).mean() - torch.log(1 - torch.sigmoid(f)).mean(),
-         "use softplus"),
-    ],
-    "generator_loss": [
-        ("the discriminator's fake term", lambda f: F.softplus(f).mean(), "not log(1 − σ(D(G(z))))"),
-        ("log of sigmoid", lambda f: -torch.log(torch.sigmoid(f)).mean(), "use softplus"),
-    ],
-    "q_sample": [
-        ("no square roots", lambda x0, t, noise, ac: _alpha(ac, t) * x0 + (1 - _alpha(ac, t)) * noise,
-         "at t = 0 almost all of x_0 is left"),
-        ("the first image's t for all", lambda x0, t, noise, ac: solutions.q_sample(x0, t[:1].expand_as(t), noise, ac),
-         "each image has its own t"),
-    ],
-    "epsilon_loss": [
-        ("target x_0", lambda model, x0, t, noise, ac: (model(solutions.q_sample(x0, t, noise, ac), t) - x0)
-         .square().mean(), "compare the prediction with `noise`"),
-        ("target -noise", lambda model, x0, t, noise, ac: (model(solutions.q_sample(x0, t, noise, ac), t) + noise)
-         .square().mean(), "compare the prediction with `noise`"),
-        ("the model sees x_0", lambda model, x0, t, noise, ac: (model(x0, t) - noise).square().mean(),
-         "give the model the noisy x_t"),
-    ],
-    "x0_from_epsilon": [
-        ("no division by sqrt(alpha_bar)", lambda x_t, t, eps, ac: x_t - (1 - _alpha(ac, t)).sqrt() * eps,
-         "then divide by √ᾱ"),
-        ("the first image's t for all",
-         lambda x_t, t, eps, ac: solutions.x0_from_epsilon(x_t, t[:1].expand_as(t), eps, ac),
-         "each image has its own t"),
-    ],
-    "ddim_step": [
-        ("returns the x_0 estimate", lambda x_t, t, t_prev, eps, ac: solutions.x0_from_epsilon(x_t, t, eps, ac),
-         "a step from t to t itself changes nothing"),
-        ("re-noised with alpha_bar at t, not t_prev", lambda x_t, t, t_prev, eps, ac:
-         _alpha(ac, t_prev).sqrt() * solutions.x0_from_epsilon(x_t, t, eps, ac) + (1 - _alpha(ac, t)).sqrt() * eps,
-         "with the true ε the step lands exactly on q_sample"),
-    ],
-    "euler_step": [
-        ("the step's sign flipped", lambda x, s, s_next, d: x + (x - d) / s * (s - s_next),
-         "lands on the denoised image"),
-        ("variances instead of standard deviations", lambda x, s, s_next, d: d + (x - d) * (s_next / s) ** 2,
-         "the slope is (x − denoised)/σ"),
-    ],
-    "psnr_per_image": [
-        ("peak 1 instead of 2", lambda r, x: 10 * torch.log10(1 / (r - x).square().flatten(1).mean(1)),
-         "peak² = 4"),
-        ("mean absolute error, squared",
-         lambda r, x: 10 * torch.log10(4 / (r - x).abs().flatten(1).mean(1) ** 2),
-         "average the squared error over each image's own pixels"),
-    ],
-    "reparameterize": [
-        ("sigma = exp(logvar)", lambda mean, logvar, noise: mean + logvar.exp() * noise, "not exp(logvar)"),
-        ("sigma = logvar", lambda mean, logvar, noise: mean + logvar * noise, "log σ² = 0 means σ = 1"),
-    ],
-    "kl_divergence": [
-        ("no 1/2", lambda m, lv: (m ** 2 + lv.exp() - lv - 1).flatten(1).sum(1), "μ = 1 costs ½ · μ² = 0.5"),
-        ("mean instead of sum", lambda m, lv: 0.5 * (m ** 2 + lv.exp() - lv - 1).flatten(1).mean(1),
-         "μ = 1 costs ½ · μ² = 0.5"),
-        ("no -1", lambda m, lv: 0.5 * (m ** 2 + lv.exp() - lv).flatten(1).sum(1), "0 nats away from the prior"),
-    ],
-}
 
 # Natural mistakes that give the wrong shape: the check says so, with a hint on what to fix.
 WRONG_SHAPES = {
@@ -111,7 +38,7 @@ WRONG_SHAPES = {
 @pytest.mark.parametrize("name", sorted(CHECKS))
 def test_reference_solution_passes(name, capsys):
     assert CHECKS[name](getattr(solutions, name)) is True
-    assert "✅" in capsys.readouterr().out
+    assert "✓" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("name", sorted(CHECKS))
@@ -120,18 +47,65 @@ def test_stub_is_reported_not_raised(name, capsys):
     assert "not implemented yet" in capsys.readouterr().out
 
 
-def test_every_check_has_wrong_answers():
-    assert sorted(WRONG_VALUES) == sorted(CHECKS)
+def test_every_check_knows_the_mistakes_students_make():
+    assert sorted(MISTAKES) == sorted(CHECKS)
+    assert all(MISTAKES.values())
 
 
-@pytest.mark.parametrize("name, wrong, hint", [pytest.param(name, wrong, hint, id=f"{name}: {mistake}")
-                                               for name, answers in sorted(WRONG_VALUES.items())
-                                               for mistake, wrong, hint in answers])
-def test_wrong_answer_fails_with_a_hint(name, wrong, hint, capsys):
-    assert CHECKS[name](wrong) is False
+@pytest.mark.parametrize("name, mistake", [pytest.param(name, mistake, id=f"{name}: {mistake.what}")
+                                           for name, mistakes in sorted(MISTAKES.items()) for mistake in mistakes])
+def test_each_mistake_is_named_with_its_own_hint(name, mistake, capsys):
+    assert CHECKS[name](mistake.fn) is False
     out = capsys.readouterr().out
-    assert out.startswith(f"❌ {name}: wrong values") and "Hint: " in out, out
-    assert hint in out.split("Hint: ", 1)[1], out
+    assert out.startswith(f"✗ {name}: wrong values"), out
+    assert f"it looks like {mistake.what}. Hint: {mistake.hint}" in out, out
+
+
+@pytest.mark.parametrize("name", sorted(CHECKS))
+def test_an_unknown_mistake_gets_the_hint_of_the_case_it_fails(name, capsys):
+    def off_by_a_little(*args):
+        got = getattr(solutions, name)(*args)
+        return got + 0.01 * torch.ones_like(got)
+
+    assert CHECKS[name](off_by_a_little) is False
+    out = capsys.readouterr().out
+    assert out.startswith(f"✗ {name}: wrong values") and "; Hint: " in out and "it looks like" not in out, out
+
+
+def test_the_checks_do_not_import_the_answers():
+    code = ("import sys; import minidiff.course.exercises, minidiff.course.sampling_exercises; "
+            "print('minidiff.course.solutions' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+
+
+@pytest.fixture
+def one_thread():
+    """A tiny network runs fastest on one thread, and far slower with several on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_the_textbook_sampling_loop_draws_what_minidiffs_ddpm_sampler_draws(one_thread):
+    """The loop a student writes in chapter 05 (x_t-space, the posterior's μ̃ and β̃) and the library's
+    DDPM sampler (σ-space, an Euler step plus σ_up of fresh noise) are two derivations of one process:
+    from the same starting noise and the same fresh noise they must give the same pictures."""
+    from minidiff.diffusion.pipeline import generate, starting_noise
+    from minidiff.models.unet import UNet, UNetConfig
+    torch.manual_seed(0)
+    model = UNet(UNetConfig(1, 8, channels=(8, 16), attention=(False, True), num_res_blocks=1, groups=4, heads=2,
+                            num_train_steps=50)).eval()
+    torch.nn.init.normal_(model.head[-1].weight, std=0.1)
+    library = generate(model, 2, sampler="ddpm", num_inference_steps=50, seed=0, progress=False)
+    alphas_cumprod = model.noise_schedule.alphas_cumprod
+    x_T = starting_noise(2, (1, 8, 8), seed=0) * (1 - alphas_cumprod[-1]).sqrt()
+    draws = torch.Generator().manual_seed(1)  # the pipeline's generator for the first batch of seed 0
+    fresh = [torch.randn(2, 1, 8, 8, generator=draws) for _ in range(49)]  # steps t = 49 … 1; none at t = 0
+    noises = torch.stack([torch.zeros(2, 1, 8, 8)] + fresh[::-1])
+    with torch.no_grad():
+        textbook = solutions.sample_loop(lambda x, t: model(x, t), x_T, alphas_cumprod, noises)
+    assert torch.allclose(textbook.clamp(-1, 1), library, atol=1e-4), (textbook.clamp(-1, 1) - library).abs().max()
 
 
 @pytest.mark.parametrize("name", sorted(WRONG_SHAPES))
@@ -139,7 +113,7 @@ def test_wrong_shape_gets_a_hint(name, capsys):
     wrong, hint = WRONG_SHAPES[name]
     assert CHECKS[name](wrong) is False
     out = capsys.readouterr().out
-    assert out.startswith(f"❌ {name}: expected a tensor of shape") and "Hint: " in out, out
+    assert out.startswith(f"✗ {name}: expected a tensor of shape") and "Hint: " in out, out
     assert hint in out.split("Hint: ", 1)[1], out
 
 

@@ -56,6 +56,9 @@ def test_chapter_is_committed_clean_with_outputs(notebook):
     assert '"execution"' not in json.dumps([c.get("metadata") for c in code]), "cell timestamps committed"
     plain = [o.get("data", {}).get("text/plain", "") for c in code for o in c.get("outputs", [])]
     assert not [p for p in plain if re.search(r"(^|\s)0%\|", "".join(p))], "a progress bar saved unfinished"
+    assert not [p for p in plain if "interactive(children=" in "".join(p)], "a widget's repr as its text fallback"
+    sources = "".join("".join(c["source"]) for c in code)
+    assert not re.search(r"minidiff\.course(\.solutions| import solutions)", sources), "a chapter imports the answers"
     text = json.dumps([c["source"] for c in nb["cells"]])
     assert not re.search(r"\\u00(0[0-8]|0b|0c|0e|0f|1[0-9a-f])", text), "a control character (an eaten backslash?)"
     assert nb["metadata"]["kernelspec"]["name"] == "python3"

@@ -10,7 +10,7 @@ import matplotlib
 import numpy as np
 import torch
 
-from minidiff.course.solutions import add_noise, mosaic
+from minidiff.course.article import add_noise, mosaic
 from minidiff.datasets.mnist import load_mnist, to_tensor
 from minidiff.datasets.shapes import make_shapes
 from minidiff.files import write_atomic

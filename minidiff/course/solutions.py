@@ -1,45 +1,112 @@
-"""Reference solutions to the chapters' exercises (teachers: CI checks these with ``minidiff.course.exercises``).
+"""Reference solutions to the chapters' coding exercises, for teachers.
 
-Students: try the exercise first — the notebook's check tells you when you are right.
+Students: try the exercise first — the notebook's check tells you when you are right, and which
+mistake you made when you are not. No chapter imports this file.
+
+Each answer is written out the way a student would write it, from the formula, and not by calling
+the library: the checks compare against minidiff's own implementation, so ``tests/test_exercises.py``
+running these answers through the checks is two independent implementations agreeing.
 """
 import torch
 import torch.nn.functional as F
 
-from minidiff.diffusion.loss import at_step, convert_prediction, diffusion_loss, q_sample  # noqa: F401  (chapters 04–05)
-from minidiff.diffusion.samplers import to_d
-from minidiff.metrics import psnr_per_image  # noqa: F401  (chapter 01)
+# ----------------------------------------------------------------------------- chapter 00
 
-# Where an exercise rebuilds one of the library's own functions, the library's function is the answer.
-from minidiff.models.autoencoder import kl_divergence, reparameterize  # noqa: F401  (chapter 02)
-from minidiff.models.gan import discriminator_loss, generator_loss  # noqa: F401  (chapter 03)
-
-
-def mosaic(images: torch.Tensor, block: int) -> torch.Tensor:
-    """Average-pool block×block tiles, then repeat each average over its tile."""
-    return F.avg_pool2d(images, block).repeat_interleave(block, 2).repeat_interleave(block, 3)
+def mosaic(images, block):
+    """Average each block×block tile, then paint the tile with its average."""
+    averages = F.avg_pool2d(images, block)
+    return averages.repeat_interleave(block, dim=2).repeat_interleave(block, dim=3)
 
 
-def add_noise(images: torch.Tensor, noise: torch.Tensor, amount: float) -> torch.Tensor:
+def add_noise(images, noise, amount):
     """√(1 − a)·x + √a·ε: with unit-variance x and ε the result has unit variance for every a."""
     return (1 - amount) ** 0.5 * images + amount ** 0.5 * noise
 
 
+# ----------------------------------------------------------------------------- chapter 01
+
+def psnr_per_image(reconstructions, images):
+    """10·log10(peak² / MSE) per image; pixels in [−1, 1] make the peak 2."""
+    mse = (reconstructions - images).square().flatten(1).mean(1)
+    return 10 * torch.log10(4 / mse)
+
+
+# ----------------------------------------------------------------------------- chapter 02
+
+def reparameterize(mean, logvar, noise):
+    """z = μ + σ·ε, with σ = exp(½ log σ²)."""
+    return mean + torch.exp(0.5 * logvar) * noise
+
+
+def kl_divergence(mean, logvar):
+    """½ Σ (μ² + σ² − log σ² − 1), summed over each image's latent numbers."""
+    return 0.5 * (mean.square() + logvar.exp() - logvar - 1).flatten(1).sum(1)
+
+
+# ----------------------------------------------------------------------------- chapter 03
+
+def discriminator_loss(real_logits, fake_logits):
+    """mean −log σ(D(x)) + mean −log(1 − σ(D(G(z)))), written with softplus so it never overflows."""
+    return F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
+
+
+def generator_loss(fake_logits):
+    """mean −log σ(D(G(z))) = mean softplus(−D(G(z)))."""
+    return F.softplus(-fake_logits).mean()
+
+
+# ----------------------------------------------------------------------------- chapter 04
+
+def q_sample(x0, t, noise, alphas_cumprod):
+    """x_t = √ᾱ_t · x_0 + √(1 − ᾱ_t) · ε, each image at its own step."""
+    alpha_bar = alphas_cumprod[t].reshape(-1, 1, 1, 1)
+    return alpha_bar.sqrt() * x0 + (1 - alpha_bar).sqrt() * noise
+
+
+# ----------------------------------------------------------------------------- chapter 05
+
 def epsilon_loss(model, x0, t, noise, alphas_cumprod):
-    """DDPM's "simple" loss (chapter 05): noise x_0 to step t, ask the model for ε, mean squared error."""
-    return diffusion_loss(model, x0, alphas_cumprod, "epsilon", weighting="none", t=t, noise=noise)["loss"]
+    """DDPM's "simple" loss: noise x_0 to step t, ask the model for ε, mean squared error."""
+    x_t = q_sample(x0, t, noise, alphas_cumprod)
+    return (model(x_t, t) - noise).square().mean()
 
 
 def x0_from_epsilon(x_t, t, epsilon, alphas_cumprod):
-    """Undo q_sample for x_0 (chapter 05): x_0 = (x_t − √(1 − ᾱ_t) · ε) / √ᾱ_t."""
-    return convert_prediction(epsilon, x_t, at_step(alphas_cumprod, t, x_t), "epsilon", "sample")
+    """Undo q_sample for x_0: x_0 = (x_t − √(1 − ᾱ_t) · ε) / √ᾱ_t."""
+    alpha_bar = alphas_cumprod[t].reshape(-1, 1, 1, 1)
+    return (x_t - (1 - alpha_bar).sqrt() * epsilon) / alpha_bar.sqrt()
 
+
+def ddpm_step(x_t, t, epsilon, alphas_cumprod, z):
+    """One step of DDPM's sampler from step t to t − 1 (Ho et al., 2020, eq. 6–7): x̂_0 from ε, then a
+    draw from the posterior q(x_{t−1} | x_t, x̂_0) = N(μ̃, β̃)."""
+    alpha_bar = alphas_cumprod[t]
+    alpha_bar_prev = alphas_cumprod[t - 1] if t > 0 else torch.tensor(1.0)
+    beta = 1 - alpha_bar / alpha_bar_prev
+    x0 = (x_t - (1 - alpha_bar).sqrt() * epsilon) / alpha_bar.sqrt()
+    mean = (alpha_bar_prev.sqrt() * beta / (1 - alpha_bar) * x0
+            + (1 - beta).sqrt() * (1 - alpha_bar_prev) / (1 - alpha_bar) * x_t)
+    variance = (1 - alpha_bar_prev) / (1 - alpha_bar) * beta
+    return mean + variance.sqrt() * z
+
+
+def sample_loop(eps_model, x_T, alphas_cumprod, noises):
+    """DDPM's sampler: from pure noise x_T, one ``ddpm_step`` for each t = T−1, …, 0."""
+    x = x_T
+    for t in range(len(alphas_cumprod) - 1, -1, -1):
+        epsilon = eps_model(x, torch.full((len(x),), t))
+        x = ddpm_step(x, t, epsilon, alphas_cumprod, noises[t])
+    return x
+
+
+# ----------------------------------------------------------------------------- chapter 06
 
 def ddim_step(x_t, t, t_prev, epsilon, alphas_cumprod):
-    """One deterministic DDIM step (chapter 06): estimate x_0 from ε, then re-noise it to step t_prev
-    with the *same* ε: x_{t_prev} = √ᾱ_{t_prev} · x̂_0 + √(1 − ᾱ_{t_prev}) · ε."""
+    """One deterministic DDIM step: estimate x_0 from ε, then re-noise it to step t_prev with the
+    *same* ε: x_{t_prev} = √ᾱ_{t_prev} · x̂_0 + √(1 − ᾱ_{t_prev}) · ε."""
     return q_sample(x0_from_epsilon(x_t, t, epsilon, alphas_cumprod), t_prev, epsilon, alphas_cumprod)
 
 
 def euler_step(x, sigma, sigma_next, denoised):
-    """One Euler step of the probability-flow ODE in σ-space (chapter 06): x + (x − D)/σ · (σ' − σ)."""
-    return x + to_d(x, sigma, denoised) * (sigma_next - sigma)
+    """One Euler step of the probability-flow ODE in σ-space: x + (x − D)/σ · (σ' − σ)."""
+    return x + (x - denoised) / sigma * (sigma_next - sigma)

@@ -34,7 +34,8 @@ LOSSES = ("nonsaturating", "hinge")
 
 
 def _norm(channels: int, norm: str) -> nn.Module:
-    """BatchNorm, as DCGAN; "none" is there to show why: without it G collapses (chapter 03)."""
+    """BatchNorm, as DCGAN; "none" is there to show why: without it G saturates — its tanh pinned at
+    −1, all-black squares that D rejects with certainty, so G's gradient vanishes (chapter 03)."""
     if norm == "batch":
         return nn.BatchNorm2d(channels)
     if norm == "none":
@@ -87,7 +88,7 @@ class GANConfig:
     z_dim: int = 64           # the generator's noise
     g_channels: int = 32      # G's narrowest width (at 28×28; 4× at 7×7)
     d_channels: int = 32      # D's first width
-    g_norm: str = "batch"     # "batch" (DCGAN) or "none" (chapter 03's collapse)
+    g_norm: str = "batch"     # "batch" (DCGAN) or "none" (chapter 03's saturating run)
 
 
 class GAN(nn.Module):

@@ -1,0 +1,177 @@
+"""Questions that ask the student to predict, interpret or choose — and then check the answer.
+
+A chapter asks in its text ("Before you run the next cell: which block size leaves the 7 readable?
+a) 2, b) 7, c) 14"); the student writes an answer and runs ``check_answer("mosaic_block", my_answer)``.
+A right answer hears why it is right; a wrong one hears the hint written for *that* choice — why it is
+tempting, and what to look at — so every wrong answer gets its own help. Some answers are measured in
+the notebook itself ("which guidance scale gives the lowest FID? run it and see"): the chapter passes
+what it measured, ``check_answer("best_guidance", my_answer, measured=best)``, and the check compares.
+
+Each chapter's questions are in this file, in its own section; the answers live here, out of the
+chapters' code, like the reference solutions of the coding exercises (``minidiff.course.solutions``).
+"""
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Question:
+    options: dict          # each allowed answer (a short string, e.g. "a") → the hint for choosing it wrongly
+    answer: str | None     # the right option; None: measured in the notebook (``check_answer(…, measured=…)``)
+    why: str               # said when the answer is right: what it shows
+
+
+QUESTIONS: dict[str, Question] = {}
+
+
+def question(name: str, *, options: dict, answer: str | None = None, why: str) -> Question:
+    """Add a question to the bank (each chapter's section below calls this)."""
+    if name in QUESTIONS:
+        raise ValueError(f"question {name!r} is defined twice")
+    if answer is not None and answer not in options:
+        raise ValueError(f"question {name!r}: its answer {answer!r} is not one of its options")
+    QUESTIONS[name] = Question(options, answer, why)
+    return QUESTIONS[name]
+
+
+def check_answer(name: str, answer, measured=None) -> bool:
+    """Print one verdict on the student's ``answer`` to question ``name`` and return whether it is right.
+    ``measured``: for a question answered by an experiment in the notebook, the option it found."""
+    q = QUESTIONS[name]
+    choices = ", ".join(repr(option) for option in q.options)
+    if answer is None:
+        print(f"… {name}: not answered yet — set your answer to one of {choices}, then run this cell again.")
+        return False
+    key = str(answer).strip().lower()
+    if key not in q.options:
+        print(f"✗ {name}: {answer!r} is not one of the choices ({choices}).")
+        return False
+    right = q.answer if q.answer is not None else measured
+    if right is None:
+        raise ValueError(f"question {name!r} is answered by a measurement: pass measured=…")
+    if right not in q.options:
+        raise ValueError(f"question {name!r}: the measured answer {right!r} is not one of its options")
+    if key != right:
+        print(f"✗ {name}: not {key!r}. Hint: {q.options[key]}")
+        return False
+    print(f"✓ {name}: right. {q.why}")
+    return True
+
+
+# ----------------------------------------------------------------------------- chapter 00
+
+question(
+    "mosaic_or_noise",
+    options={
+        "a": "The mosaic looks tidier, but each 7×7 tile is now one number: its 49 pixels were averaged, and "
+             "countless different pictures have that same average. The next cell makes three of them — knowing "
+             "exactly what was done (averaging) does not tell you which one it was.",
+        "b": "(the right answer)",
+        "c": "The noisy 7 looks worse, but nothing in it is lost: every pixel is still there, scaled by "
+             "√(1 − a), with noise added on top. Take that noise away and divide by √(1 − a), and the 7 is back "
+             "to the last pixel (next cell).",
+    },
+    answer="b",
+    why="The blend √(1 − a)·x + √a·ε keeps a scaled copy of every pixel, so whoever knows the noise ε gets x "
+        "back exactly: x = (x_t − √a·ε) / √(1 − a). Guessing that noise is a diffusion model's whole job "
+        "(chapter 05). A mosaic has averaged the detail away: there is nothing left to guess it from.",
+)
+
+# ----------------------------------------------------------------------------- chapter 01
+
+question(
+    "ae_random_codes",
+    options={
+        "a": "A bigger code helps the decoder rebuild a *real* digit, whose code the encoder wrote. A random "
+             "code was written by nobody: with more numbers there are only more ways for it to miss the thin "
+             "region where real codes lie (section 4's scatter). Compare the FID bars: 392 numbers score worst.",
+        "b": "(the right answer)",
+        "c": "The decoder is a smooth function, not a look-up table of training digits: it cannot recall a "
+             "digit from a code that is no digit's code. Random codes land beside and between the real ones, "
+             "where it has learned nothing, and there it draws smudges.",
+    },
+    answer="b",
+    why="Random codes decode to smudges for every code size, and the biggest code scores the worst FID. A code "
+        "that is good for rebuilding is not a space we can sample from: nothing made the codes fill a region "
+        "we know how to draw from. That is what the VAE (chapter 02) adds.",
+)
+
+# ----------------------------------------------------------------------------- chapter 02
+
+question(
+    "vae_map_edge",
+    options={
+        "a": "The decoder is a smooth function of the code: a step beyond the data it keeps drawing much what it "
+             "draws at the edge, it does not switch to noise. Look at the map's border: are its pictures blank?",
+        "b": "Inside the circle the digits sit in regions, and the regions of 2, 3, 5, 8 lie in the crowded "
+             "middle, surrounded by others. Walking outwards you leave the map only through the outer regions.",
+        "c": "(the right answer)",
+    },
+    answer="c",
+    why="Out there the decoder extrapolates the regions at the map's edge (here the 0s, 1s, 4s and 7s), with "
+        "strokes that thin and break as the codes move out; no new digit lives there. A VAE's promise holds "
+        "only where its prior N(0, I) puts codes, and that is where its samples come from.",
+)
+
+# ----------------------------------------------------------------------------- chapter 03
+
+question(
+    "gan_low_d_loss",
+    options={
+        "a": "In a game one player's low loss is the other's defeat. L_D ≈ 0 means D tells every forgery from a "
+             "real digit with certainty, σ(D(G(z))) ≈ 0: G is losing every round, and the run below shows it can "
+             "stop learning altogether.",
+        "b": "(the right answer)",
+        "c": "G's loss is computed through D: −log σ(D(G(z))) is large exactly when D is sure. The two losses are "
+             "two views of one game, and a D loss near 0 comes with a G loss that is large and climbing.",
+    },
+    answer="b",
+    why="A healthy game keeps the judge unsure: its loss stays well above 0 and σ(D(G(z))) well above 0. When D "
+        "wins outright, G's pictures are easy to spot, and if G's own output is stuck (as in the run below, "
+        "where its tanh saturates) its gradient vanishes: the game is over, though one loss looks perfect.",
+)
+
+# ----------------------------------------------------------------------------- chapter 04
+
+question(
+    "cosine_half",
+    options={
+        "a": "That is the linear schedule: ᾱ_t is the product of all the (1 − β_s) so far, and its β grows "
+             "steadily from the first step, so half the variance is gone by t ≈ 260. The cosine schedule was "
+             "designed to fade gently at the start — see where its curve crosses ½.",
+        "b": "Halfway in steps would be halfway in variance if ᾱ fell like a cosine² — the measurement says "
+             "this schedule does something else: read off where its curve crosses ½.",
+        "c": "Late in the chain the digit *looks* gone, but looking gone comes long after half its variance is "
+             "gone: at ᾱ = ½ a digit is still easy to read (see the strips below). Under cosine, ᾱ falls slowly "
+             "at the start and at the end, and fastest in the middle.",
+    },
+    why="The cosine schedule makes √ᾱ_t follow a quarter of a cosine wave, cos(π/2 · t/T) (plus a tiny offset), "
+        "and cos² is ½ at 45°, halfway: t ≈ T/2 = 500. Half the signal's variance left at half the steps — "
+        "the linear schedule gets there at t ≈ 260 and then spends a third of its steps on nearly pure noise.",
+)
+
+# ----------------------------------------------------------------------------- chapter 05
+
+question("best_guidance", options={
+    "0": "w = 0 ignores the label and uses only the null-label branch — which trained on one example in ten: "
+         "the weakest model in the sweep",
+    "1": "w = 1 is the plain conditional model, already near 100 % obedient; here a little more guidance "
+         "made the set more typical without costing much variety",
+    "2": "past w = 1 every extra unit of guidance makes each digit more typical and the set less varied — "
+         "FID counts the variety it loses",
+    "3": "w = 3 is the shipped default because it is obedient and clean, not because it scores the best FID: "
+         "FID counts the variety that guidance takes away",
+    "5": "strong guidance draws each digit the most typical way it knows: obedient, but the set loses its "
+         "variety, and FID counts variety"},
+    why="Guidance buys obedience with variety: the least guidance that reads the label best scores best.")
+
+# ----------------------------------------------------------------------------- chapter 06
+
+question("fresh_noise", options={
+    "a": "the reverse: DDPM and Euler ancestral are first order — their steps are the *least* accurate (section 5 "
+         "measures it) — and yet they score better",
+    "b": "(the right answer)",
+    "c": "the seed moves an FID of 2,000 samples by about 1, but the gap here is 4–5, on every seed the README "
+         "lists: it is the method, not the luck",
+}, answer="b", why="The ODE solvers follow the network's answers faithfully, errors included, to the end; a "
+   "stochastic sampler throws part of the picture away at every step and draws it afresh, which washes the "
+   "network's small errors out. On large, well-trained networks the two families meet.")
