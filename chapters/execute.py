@@ -12,42 +12,44 @@ import nbformat
 from nbclient import NotebookClient
 
 
-def finish_progress_bars(notebook) -> None:
-    """A tqdm bar is a widget whose text fallback is its first state ("0%| | 0/200"); readers of the
-    static notebook see only that. Write each bar's last state (kept in the saved widget state) into
-    its fallback, so a finished run reads as finished."""
+def widget_boxes(notebook):
+    """Every output that displays a box widget, as (output, the box's saved state, its children's):
+    the saved widget state is what a static reader's text fallback can be written from."""
     state = notebook.metadata.get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {}).get("state", {})
     for cell in notebook.cells:
         for output in cell.get("outputs", []):
             view = output.get("data", {}).get("application/vnd.jupyter.widget-view+json")
             box = state.get(view["model_id"]) if view else None
-            if not box or box["model_name"] != "HBoxModel":
-                continue
-            parts = [state.get(child.removeprefix("IPY_MODEL_"), {}) for child in box["state"].get("children", [])]
-            if [part.get("model_name") for part in parts] != ["HTMLModel", "FloatProgressModel", "HTMLModel"]:
-                continue
-            prefix, bar, suffix = (part["state"] for part in parts)
-            filled = int(10 * bar.get("value", 0) / (bar.get("max") or 1))
-            text = f"{prefix.get('value', '')}|{'█' * filled}{' ' * (10 - filled)}|{suffix.get('value', '')}"
-            output["data"]["text/plain"] = html.unescape(text).replace("\u2007", " ")
+            if box:
+                yield output, box, [state.get(child.removeprefix("IPY_MODEL_"), {})
+                                    for child in box["state"].get("children", [])]
+
+
+def finish_progress_bars(notebook) -> None:
+    """A tqdm bar is a widget whose text fallback is its first state ("0%| | 0/200"); readers of the
+    static notebook see only that. Write each bar's last state (kept in the saved widget state) into
+    its fallback, so a finished run reads as finished."""
+    for output, box, parts in widget_boxes(notebook):
+        if box["model_name"] != "HBoxModel" or \
+                [part.get("model_name") for part in parts] != ["HTMLModel", "FloatProgressModel", "HTMLModel"]:
+            continue
+        prefix, bar, suffix = (part["state"] for part in parts)
+        filled = int(10 * bar.get("value", 0) / (bar.get("max") or 1))
+        text = f"{prefix.get('value', '')}|{'█' * filled}{' ' * (10 - filled)}|{suffix.get('value', '')}"
+        output["data"]["text/plain"] = html.unescape(text).replace("\u2007", " ")
 
 
 def describe_interactive(notebook) -> None:
     """An ``interact`` cell's text fallback is its widget's repr ("interactive(children=(IntSlider(…"),
     which is what a reader of the static notebook (or of an untrusted one, before "Run all") sees.
     Say in words what the controls are, and that the figure beside them shows their range."""
-    state = notebook.metadata.get("widgets", {}).get("application/vnd.jupyter.widget-state+json", {}).get("state", {})
-    for cell in notebook.cells:
-        for output in cell.get("outputs", []):
-            view = output.get("data", {}).get("application/vnd.jupyter.widget-view+json")
-            box = state.get(view["model_id"]) if view else None
-            if not box or "widget-interact" not in box["state"].get("_dom_classes", []):
-                continue
-            controls = [state.get(child.removeprefix("IPY_MODEL_"), {}) for child in box["state"].get("children", [])]
-            names = [c["state"].get("description") or c["model_name"].removesuffix("Model") for c in controls
-                     if c and c.get("model_name") != "OutputModel"]
-            output["data"]["text/plain"] = (f"[interactive controls: {', '.join(names)} — run the notebook to move "
-                                            "them; the figure beside this cell shows what they explore]")
+    for output, box, controls in widget_boxes(notebook):
+        if "widget-interact" not in box["state"].get("_dom_classes", []):
+            continue
+        names = [c["state"].get("description") or c["model_name"].removesuffix("Model") for c in controls
+                 if c and c.get("model_name") != "OutputModel"]
+        output["data"]["text/plain"] = (f"[interactive controls: {', '.join(names)} — run the notebook to move "
+                                        "them; the figure beside this cell shows what they explore]")
 
 
 def execute(path: Path) -> None:
