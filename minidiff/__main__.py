@@ -78,17 +78,27 @@ def cmd_sample(args):
 
 def cmd_evaluate(args):
     from minidiff.course.generators import load_samples
-    from minidiff.metrics import PROTOCOL_SAMPLES, evaluate_samples, real_vs_real_fid
+    from minidiff.metrics import (
+        PROTOCOL_SAMPLES,
+        evaluate_samples,
+        evaluate_shapes,
+        real_vs_real_fid,
+        shapes_real_vs_real_fid,
+    )
     if args.samples is None:
         print(f"real-vs-real classifier-FID ({PROTOCOL_SAMPLES} train digits vs the test set): "
               f"{real_vs_real_fid():.4f}")
+        print(f"real-vs-real shapes judge-FID ({PROTOCOL_SAMPLES} training renders vs 10,000 test renders, "
+              f"64 px): {shapes_real_vs_real_fid(64):.4f}")
         return
     images, labels = load_samples(args.samples)
+    shapes = images.shape[1] == 3
     if len(images) < PROTOCOL_SAMPLES:
         print(f"note: {len(images):,} pictures; FID is biased upwards at small counts, so compare it with "
-              f"real vs real at the same count (`python -m minidiff sample mnist -n {len(images)}` then "
-              f"`evaluate`), or draw the protocol's {PROTOCOL_SAMPLES:,}.", file=sys.stderr)
-    print(json.dumps(evaluate_samples(images, labels), indent=2))
+              f"real vs real at the same count (`python -m minidiff sample {'shapes' if shapes else 'mnist'} "
+              f"-n {len(images)}` then `evaluate`), or draw the protocol's {PROTOCOL_SAMPLES:,}.", file=sys.stderr)
+    report = evaluate_shapes(images, labels) if shapes else evaluate_samples(images, labels)
+    print(json.dumps(report, indent=2))
 
 
 def cmd_data(args):
@@ -151,7 +161,8 @@ def main(argv=None):
     p.add_argument("--guidance", type=float, help="class-conditional diffusion: guidance scale (default 3)")
     p.set_defaults(run=cmd_sample)
 
-    p = sub.add_parser("evaluate", help="score samples with the course's protocol (classifier-FID and more)")
+    p = sub.add_parser("evaluate", help="score samples with the course's protocols (digits: classifier-FID and more; "
+                                         "shapes: judge-FID, attribute histograms and accuracy)")
     p.add_argument("samples", nargs="?", help="a .safetensors written by `sample`; omit for the real-vs-real floor")
     p.set_defaults(run=cmd_evaluate)
 

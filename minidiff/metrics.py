@@ -1,4 +1,5 @@
-"""How the course measures generated digits: one protocol, used by every chapter and benchmark.
+"""How the course measures generated pictures: one protocol for digits (chapters 00–06) and one for
+the colour shapes (chapters 07–12), each used by every chapter and benchmark.
 
 **The protocol.** Generate ``PROTOCOL_SAMPLES`` = 2,000 images with seed ``PROTOCOL_SEED`` = 0.
 Embed them, and the 10,000 MNIST *test* digits (the reference), with the shipped classifier's
@@ -14,6 +15,16 @@ rather than Inception because Inception weights cannot be had offline and were n
 
 The classifier also judges samples directly: the label distribution (are all ten digits drawn?),
 the mean confidence (are they clean?), and, for class-conditional models, the accuracy.
+
+**The shapes protocol** is the same with the shipped ``ShapesJudge`` (trained on real renders
+only) in place of the digit classifier: 2,000 samples, seed 0; FID in the judge's 256-d features
+against ``SHAPES_REFERENCE`` = 10,000 test renders (``TEST_SEED``) of the compositions the model
+trained on (``"train"``: every generative model leaves ``HELD_OUT`` out) and of the samples' size,
+beside the real-vs-real floor (2,000 *training* renders scored the same way); the judge's
+**attribute histograms** (how often it sees each shape, colour, background, size and position) with
+each value's share relative to its share in the data — a model that only draws red circles has a
+red share 8× too high and scores badly however clean its circles are; and, for pictures that were
+asked for (``attributes``), the **per-attribute accuracy** and the **all-attributes-correct** rate.
 """
 from functools import lru_cache
 
@@ -21,12 +32,15 @@ import numpy as np
 import torch
 
 from minidiff.datasets.mnist import load_mnist, to_tensor
-from minidiff.models.classifier import MNISTClassifier, predict
+from minidiff.datasets.shapes import ATTRIBUTES, TEST_SEED, TRAIN_SEED, ShapesDataset, attribute_labels
+from minidiff.models.classifier import MNISTClassifier, ShapesJudge, predict
 from minidiff.weights import load_pretrained
 
 PROTOCOL_SAMPLES = 2000
 PROTOCOL_SEED = 0
 CLASSIFIER = "mnist_classifier"
+SHAPES_JUDGE = "shapes_judge"
+SHAPES_REFERENCE = 10_000
 
 
 def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
@@ -106,3 +120,84 @@ def psnr_per_image(reconstructions: torch.Tensor, images: torch.Tensor) -> torch
 def psnr(reconstructions: torch.Tensor, images: torch.Tensor) -> float:
     """Mean PSNR over images, with reconstructions first clipped to the valid range [-1, 1]."""
     return psnr_per_image(reconstructions.clamp(-1, 1), images).mean().item()
+
+
+# ---------------------------------------------------------------------------------------------
+# The shapes protocol (chapters 07–12)
+
+
+@lru_cache(maxsize=1)
+def load_shapes_judge() -> ShapesJudge:
+    """The shipped shapes judge (hash- and config-checked)."""
+    return load_pretrained(SHAPES_JUDGE)
+
+
+def judge_read(images: torch.Tensor, judge: ShapesJudge | None = None):
+    """The judge's features (N, 256) and the attributes it reads, (N, 5) value indices per ``ATTRIBUTES``."""
+    judge = judge or load_shapes_judge()
+    features, logits = predict(judge, images)
+    return features, torch.stack([out.argmax(1) for out in judge.split(logits).values()], 1)
+
+
+@lru_cache(maxsize=8)
+def shapes_reference_stats(judge: ShapesJudge, size: int, compositions: str = "train"):
+    """Gaussian statistics of the reference renders in ``judge``'s features, and each attribute
+    value's share among them (the data's share, from the renders' true attributes)."""
+    reference = ShapesDataset(SHAPES_REFERENCE, seed=TEST_SEED, size=size, compositions=compositions)
+    features, _ = judge_read(reference.images, judge)
+    return (*gaussian_stats(features), _shares(attribute_labels(reference.attributes)))
+
+
+def _shares(labels: torch.Tensor) -> dict:
+    return {name: (torch.bincount(labels[:, k], minlength=len(values)).double() / len(labels)).tolist()
+            for k, (name, values) in enumerate(ATTRIBUTES.items())}
+
+
+def _check_pictures(images):
+    if images.dim() != 4 or images.shape[1] != 3 or len(images) < 2:
+        raise ValueError(f"the shapes protocol scores at least 2 colour pictures (N, 3, S, S), "
+                         f"got {tuple(images.shape)}")
+    if not torch.isfinite(images).all() or images.min() < -1.001 or images.max() > 1.001:
+        raise ValueError("the shapes protocol scores pictures in [-1, 1] (finite); clamp or rescale them first")
+
+
+def evaluate_shapes(images: torch.Tensor, attributes=None, compositions: str = "train",
+                    judge: ShapesJudge | None = None) -> dict:
+    """Everything the shapes protocol reports about (N, 3, S, S) pictures in [-1, 1]:
+
+      fid            judge-FID against the reference renders of ``compositions`` at size S
+      histograms     {attribute: {value: how many pictures the judge reads it in}}
+      share_ratios   {attribute: {value: its share here / its share in the data}} (1 = as in the data)
+      worst_share    the ratio farthest from 1, as |ratio − 1| (≤ 0.3: every value within ±30 %)
+    and, when ``attributes`` (dicts, or (N, 5) labels) say what each picture was asked to show,
+      accuracy       {attribute: share of pictures the judge reads as asked}
+      all_correct    share with every attribute as asked.
+    """
+    _check_pictures(images)
+    judge = judge or load_shapes_judge()
+    features, read = judge_read(images, judge)
+    mu, sigma, data_shares = shapes_reference_stats(judge, images.shape[-1], compositions)
+    shares = _shares(read)
+    report = {"n": len(images), "fid": frechet_distance(*gaussian_stats(features), mu, sigma),
+              "histograms": {name: dict(zip(values, torch.bincount(read[:, k], minlength=len(values)).tolist()))
+                             for k, (name, values) in enumerate(ATTRIBUTES.items())},
+              "share_ratios": {name: {v: s / d for v, s, d in zip(values, shares[name], data_shares[name]) if d > 0}
+                               for name, values in ATTRIBUTES.items()}}
+    report["worst_share"] = max(abs(r - 1) for ratios in report["share_ratios"].values() for r in ratios.values())
+    if attributes is not None:
+        asked = attributes if torch.is_tensor(attributes) else attribute_labels(attributes)
+        if asked.shape != read.shape:
+            raise ValueError(f"got {len(images)} pictures but attributes for {len(asked)}")
+        right = read == asked
+        report["accuracy"] = {name: right[:, k].float().mean().item() for k, name in enumerate(ATTRIBUTES)}
+        report["all_correct"] = right.all(1).float().mean().item()
+    return report
+
+
+def shapes_real_vs_real_fid(size: int = 64, n: int = PROTOCOL_SAMPLES, compositions: str = "train",
+                            judge: ShapesJudge | None = None) -> float:
+    """The shapes floor: ``n`` training renders (``TRAIN_SEED``) of ``compositions`` scored like samples."""
+    judge = judge or load_shapes_judge()
+    renders = ShapesDataset(n, seed=TRAIN_SEED, size=size, compositions=compositions).images
+    features, _ = judge_read(renders, judge)
+    return frechet_distance(*gaussian_stats(features), *shapes_reference_stats(judge, size, compositions)[:2])

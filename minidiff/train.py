@@ -79,11 +79,12 @@ class TrainConfig:
 
 @dataclass
 class TrainState:
-    """What callbacks see: ``step`` steps are done."""
+    """What callbacks see: ``step`` steps are done, in ``wall_time_s`` seconds of training so far."""
     step: int
     model: torch.nn.Module
     ema: torch.nn.Module | None
     history: list
+    wall_time_s: float = 0.0
 
 
 @dataclass
@@ -358,7 +359,7 @@ def _train(model, loss_fn, data, config, parts, callbacks, resume, start_from) -
             for every, fn in callbacks:
                 if done % every == 0:
                     with _rng_preserved(device):
-                        fn(TrainState(done, model, ema, history))
+                        fn(TrainState(done, model, ema, history, wall_time_s))
                     model.train()  # a callback that samples will have switched to eval mode
     bar.close()
     if world > 1:

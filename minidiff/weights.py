@@ -31,14 +31,14 @@ from minidiff.files import (
     write_json_atomic,
 )
 from minidiff.models.autoencoder import VAE, Autoencoder, AutoencoderConfig, VAEConfig
-from minidiff.models.classifier import ClassifierConfig, MNISTClassifier
+from minidiff.models.classifier import ClassifierConfig, MNISTClassifier, ShapesJudge, ShapesJudgeConfig
 from minidiff.models.gan import GAN, GANConfig
 from minidiff.models.unet import UNet, UNetConfig
 
 # the model classes a checkpoint may hold, each with the config dataclass that builds it
 MODELS = {cls.__name__: (cls, config_cls) for cls, config_cls in [
     (Autoencoder, AutoencoderConfig), (VAE, VAEConfig), (GAN, GANConfig), (MNISTClassifier, ClassifierConfig),
-    (UNet, UNetConfig)]}
+    (ShapesJudge, ShapesJudgeConfig), (UNet, UNetConfig)]}
 
 
 # ----------------------------------------------------------------------------- shipped weights

@@ -17,6 +17,7 @@ from minidiff.models.autoencoder import (
     evaluate_elbo,
     kl_divergence,
     random_codes,
+    reconstruction_nll,
     reparameterize,
     stage_sizes,
     vae_loss,
@@ -185,3 +186,15 @@ def test_shapes_vae_keeps_the_shapes():
     metrics = read_manifest()["vae_shapes"]["metrics"]
     assert measured >= 28 and abs(measured - metrics["test_psnr"]) < 0.5
     assert 0.1 < metrics["scaling_factor"] < 10
+
+
+@pytest.mark.parametrize("likelihood, distribution", [
+    ("gaussian", lambda mean, s: torch.distributions.Normal(mean, s)),
+    ("laplace", lambda mean, s: torch.distributions.Laplace(mean, s))])
+def test_reconstruction_nll_is_the_likelihoods_log_density(likelihood, distribution):
+    """−log p(x|z) per image equals torch.distributions' log-density summed over the pixels."""
+    torch.manual_seed(0)
+    vae = VAE(VAEConfig(3, 32, 4, latent_channels=4, channels=8, likelihood=likelihood, sigma_x=0.2))
+    x, z = ShapesDataset(3, seed=3).images, torch.randn(3, 4, 8, 8)
+    reference = -distribution(vae.decode_logits(z), 0.2).log_prob(x).flatten(1).sum(1)
+    assert torch.allclose(reconstruction_nll(vae, z, x), reference, rtol=1e-5)

@@ -32,8 +32,11 @@ def test_generators_are_seeded():
 
 
 def test_evaluate_refuses_what_it_cannot_score(tmp_path):
-    save_samples(torch.zeros(2, 3, 32, 32), None, tmp_path / "colour.png")
-    with pytest.raises(DataError, match="digits"):
+    save_samples(torch.zeros(2, 3, 30, 30), None, tmp_path / "odd.png")
+    with pytest.raises(DataError, match=r"digits or \(N, 3, 64, 64\)"):
+        load_samples(tmp_path / "odd.safetensors")
+    save_samples(torch.full((2, 3, 32, 32), -0.5), torch.zeros(2, dtype=torch.long), tmp_path / "colour.png")
+    with pytest.raises(DataError, match="five attribute labels each"):
         load_samples(tmp_path / "colour.safetensors")
     with pytest.raises(DataError, match="not a samples file"):
         load_samples(tmp_path / "colour.png")

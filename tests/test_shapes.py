@@ -5,7 +5,20 @@ import numpy as np
 import pytest
 import torch
 
-from minidiff.datasets.shapes import COLORS, POSITIONS, SHAPES, SIZES, ShapesDataset, caption, make_shapes
+from minidiff.datasets.shapes import (
+    ATTRIBUTES,
+    COLORS,
+    HELD_OUT,
+    POSITIONS,
+    SHAPES,
+    SIZES,
+    ShapesDataset,
+    attribute_labels,
+    caption,
+    composition,
+    is_held_out,
+    make_shapes,
+)
 
 
 @pytest.fixture(scope="module")
@@ -184,3 +197,62 @@ def test_bad_arguments_say_what_is_allowed(kwargs, message):
 def test_bad_caption_template():
     with pytest.raises(ValueError, match="template"):
         caption(make_shapes(1)["attributes"][0], template=99)
+
+
+# ---------------------------------------------------------------------------------------------
+# Held-out compositions and the train/held-out split
+
+
+def test_held_out_is_about_a_seventh_and_balanced():
+    all_compositions = {(s, c, b) for s in SHAPES for c in COLORS for b in COLORS if b != c}
+    assert len(all_compositions) == 168 and set(HELD_OUT) <= all_compositions
+    assert len(set(HELD_OUT)) == len(HELD_OUT) == 24  # 1 in 7
+    for shape in SHAPES:  # each colour once as the shape and once as the background, per shape
+        mine = [(c, b) for s, c, b in HELD_OUT if s == shape]
+        assert sorted(c for c, _ in mine) == sorted(COLORS) and sorted(b for _, b in mine) == sorted(COLORS)
+    assert len({(c, b) for _, c, b in HELD_OUT}) == 24  # no colour pair held out for two shapes
+
+
+def test_every_single_attribute_and_pair_still_appears_in_training():
+    train = [a for a in make_shapes(3000, seed=2, compositions="train")["attributes"]]
+    assert not any(is_held_out(a) for a in train)
+    for first, second in [("shape", "color"), ("shape", "background"), ("color", "background")]:
+        seen = {(a[first], a[second]) for a in train}
+        held = {(dict(zip(("shape", "color", "background"), h))[first],
+                 dict(zip(("shape", "color", "background"), h))[second]) for h in HELD_OUT}
+        assert held <= seen, f"some held-out ({first}, {second}) pairs never appear in training"
+    for name in ("shape", "color", "background", "size", "position"):
+        counts = Counter(a[name] for a in train)
+        assert set(counts) == set(ATTRIBUTES[name])
+        assert max(counts.values()) / min(counts.values()) < 1.3  # still about uniform
+
+
+def test_held_out_split_draws_only_held_out_compositions_and_all_of_them():
+    held = make_shapes(600, seed=2, compositions="held_out")["attributes"]
+    assert all(is_held_out(a) for a in held)
+    assert {composition(a) for a in held} == set(HELD_OUT)
+
+
+def test_the_all_stream_is_unchanged_and_a_split_keeps_items_that_were_already_in_it():
+    everything, train = make_shapes(200, seed=5), make_shapes(200, seed=5, compositions="train")
+    assert _same(everything, make_shapes(200, seed=5, compositions="all"))
+    for i, a in enumerate(everything["attributes"]):  # an allowed first draw is kept as it was
+        if not is_held_out(a):
+            assert train["attributes"][i] == a and np.array_equal(train["images"][i], everything["images"][i])
+    part = make_shapes(5, seed=5, start=10, compositions="train")
+    assert _same(part, {k: v[10:15] for k, v in train.items()})
+
+
+def test_a_bad_split_name_is_one_clear_error():
+    with pytest.raises(ValueError, match="compositions must be one of all, train, held_out"):
+        make_shapes(2, compositions="test")
+
+
+def test_attribute_labels_index_every_attribute_list():
+    data = make_shapes(50, seed=0)
+    labels = attribute_labels(data["attributes"])
+    assert labels.shape == (50, 5) and labels.dtype == torch.long
+    for row, a in zip(labels.tolist(), data["attributes"]):
+        assert [ATTRIBUTES[name][k] for name, k in zip(ATTRIBUTES, row)] == [a[name] for name in ATTRIBUTES]
+    dataset = ShapesDataset(20, seed=0, compositions="held_out")
+    assert all(is_held_out(a) for a in dataset.attributes)

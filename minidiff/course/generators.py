@@ -15,7 +15,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from minidiff.datasets.mnist import load_fashion_mnist, load_mnist, to_tensor
-from minidiff.datasets.shapes import make_shapes
+from minidiff.datasets.shapes import attribute_labels, make_shapes
+from minidiff.latents import load_denoiser
 from minidiff.diffusion.pipeline import generate
 from minidiff.files import DataError, save_safetensors_atomic, write_atomic
 from minidiff.registry import Registry
@@ -47,8 +48,10 @@ def real_fashion_mnist(n, seed):
 
 @DATA_SOURCES.register(name="shapes")
 def shapes(n, seed):
-    """The procedural shapes-with-captions set (its own seeded generator)."""
-    return to_tensor(make_shapes(n, seed=seed)["images"]), None
+    """Shapes renders as chapter 07's models learn them (64 px, training compositions; the renderer is
+    its own seeded generator): what a perfect generator would give. Their labels are the attributes."""
+    data = make_shapes(n, seed=seed, size=64, compositions="train")
+    return to_tensor(data["images"]), attribute_labels(data["attributes"])
 
 
 def _shipped_sampler(name):
@@ -64,7 +67,7 @@ def _shipped_denoiser(name):
     """A shipped denoiser walked back from noise; a class-conditional one is asked for the digits
     0, 1, …, 9, 0, 1, … in turn (with classifier-free guidance)."""
     def draw(n, seed, sampler="dpmpp_2m", steps=20, guidance_scale=None):
-        model = load_pretrained(name)
+        model, decode = load_denoiser(name)
         classes = model.config.num_classes
         if classes is None and guidance_scale is not None:
             raise ValueError(f"{name} is unconditional: guidance needs a class-conditional model "
@@ -73,7 +76,7 @@ def _shipped_denoiser(name):
         labels = None if classes is None else torch.arange(n) % classes
         images = generate(model, n, sampler=sampler, num_inference_steps=steps, seed=seed,
                           cond=None if labels is None else {"labels": labels},
-                          guidance_scale=1.0 if labels is None else guidance_scale)
+                          guidance_scale=1.0 if labels is None else guidance_scale, decode=decode)
         return images, labels
     draw.__doc__ = f"Samples from the shipped denoiser {name!r} (any sampler, any number of steps)."
     return draw
@@ -134,16 +137,22 @@ def load_samples(path):
     if "images" not in tensors:
         raise DataError(f"{path} holds no 'images' tensor; was it written by `python -m minidiff sample`?")
     images, labels = tensors["images"], tensors.get("labels")
-    if images.ndim != 4 or images.shape[1:] != (1, 28, 28):
-        raise DataError(f"{path}: the protocol scores (N, 1, 28, 28) digits, got {tuple(images.shape)}.")
+    digits = images.ndim == 4 and images.shape[1:] == (1, 28, 28)
+    shapes = images.ndim == 4 and images.shape[1] == 3 and images.shape[2] == images.shape[3] in (32, 64)
+    if not (digits or shapes):
+        raise DataError(f"{path}: the protocols score (N, 1, 28, 28) digits or (N, 3, 64, 64) / (N, 3, 32, 32) "
+                        f"shapes pictures, got {tuple(images.shape)}.")
     if len(images) < 2:
         raise DataError(f"{path} holds {len(images)} picture(s): FID needs at least 2 (the protocol uses 2,000).")
     if not torch.isfinite(images).all():
         raise DataError(f"{path} holds NaN or infinite pixels: the model that drew them diverged.")
     low, high = images.min().item(), images.max().item()
-    if low < -1.001 or high > 1.001 or low >= 0:  # no pixel below 0: no digit's background is there
+    if low < -1.001 or high > 1.001 or low >= 0:  # no pixel below 0: no digit's background, no dark colour
         raise DataError(f"{path}: pixels run from {low:.3g} to {high:.3g}, but the protocol scores pictures in "
-                        "[-1, 1] (background -1, ink 1); rescale them, e.g. 2·x − 1 for pictures in [0, 1].")
-    if labels is not None and labels.shape != (len(images),):
-        raise DataError(f"{path}: {tuple(labels.shape)} labels for {len(images)} pictures; give one label each.")
+                        "[-1, 1] (a digit's background is -1); rescale them, e.g. 2·x − 1 for pictures in [0, 1].")
+    wanted = (len(images),) if digits else (len(images), 5)
+    if labels is not None and tuple(labels.shape) != wanted:
+        raise DataError(f"{path}: {tuple(labels.shape)} labels for {len(images)} pictures; give "
+                        + ("one label each." if digits else "five attribute labels each (shape, colour, background, "
+                           "size, position)."))
     return images, labels

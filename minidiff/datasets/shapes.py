@@ -15,6 +15,19 @@ this point inside the circle?), not a drawing library, so the bytes are the same
 Besides the picture, each example has a binary ``mask`` of the shape (for inpainting) and a
 1-pixel ``edge`` map of its outline (a ControlNet condition).
 
+**Held-out compositions.** ``HELD_OUT`` lists 24 of the 168 (shape, colour, background)
+combinations (1 in 7) that no generative, CLIP or ControlNet model of the course ever trains on:
+``make_shapes(..., compositions="train")`` never draws them and ``compositions="held_out"`` draws only
+them, so a later chapter can ask whether a model composes words it learned apart ("a white circle
+on a green background") into a picture it never saw. The list is balanced: every shape has exactly
+one held-out background per colour, and no (colour, background) pair is held out for two shapes, so
+every shape, colour and background, and every *pair* of them, still appears in training; only the
+triple is new.
+
+**Seeds.** Examples of ``TRAIN_SEED`` (0) train the generative models; ``TEST_SEED`` (1) holds the
+test renders every protocol measures against; ``TUNE_SEED`` (2) is for choosing settings, so a
+reported figure is never the one that was tuned; ``JUDGE_SEED`` (3) trains the shapes judge.
+
 Conventions: raw arrays are uint8 (H, W, 3); tensors from ``ShapesDataset`` are float (C, H, W)
 with images in [-1, 1] and the mask and edge conditions in {0, 1}.
 """
@@ -40,6 +53,40 @@ POSITIONS = (  # a 3x3 grid, row by row
     "left", "center", "right",
     "bottom left", "bottom", "bottom right",
 )
+
+ATTRIBUTES = {  # what the judge reads, with every value it can take
+    "shape": SHAPES, "color": tuple(COLORS), "background": tuple(COLORS), "size": SIZES, "position": POSITIONS,
+}
+TRAIN_SEED, TEST_SEED, TUNE_SEED, JUDGE_SEED = 0, 1, 2, 3
+
+# Made by shifting the palette's order (red green blue yellow purple orange white black) by 3, 5 and 7
+# places for circles, squares and triangles: each colour once as the shape and once as the background
+# per shape; written out so the list is fixed whatever the palette's order becomes.
+HELD_OUT = (
+    ("circle", "red", "yellow"), ("circle", "green", "purple"), ("circle", "blue", "orange"),
+    ("circle", "yellow", "white"), ("circle", "purple", "black"), ("circle", "orange", "red"),
+    ("circle", "white", "green"), ("circle", "black", "blue"),
+    ("square", "red", "orange"), ("square", "green", "white"), ("square", "blue", "black"),
+    ("square", "yellow", "red"), ("square", "purple", "green"), ("square", "orange", "blue"),
+    ("square", "white", "yellow"), ("square", "black", "purple"),
+    ("triangle", "red", "black"), ("triangle", "green", "red"), ("triangle", "blue", "green"),
+    ("triangle", "yellow", "blue"), ("triangle", "purple", "yellow"), ("triangle", "orange", "purple"),
+    ("triangle", "white", "orange"), ("triangle", "black", "white"),
+)
+COMPOSITIONS = ("all", "train", "held_out")
+
+
+def composition(attributes: dict) -> tuple[str, str, str]:
+    """An example's (shape, colour, background)."""
+    return attributes["shape"], attributes["color"], attributes["background"]
+
+
+def is_held_out(attributes: dict) -> bool:
+    """Whether an example's composition is one that no generative model may train on."""
+    return composition(attributes) in _HELD_OUT_SET
+
+
+_HELD_OUT_SET = frozenset(HELD_OUT)
 
 # Geometry in units of a 32x32 image; everything scales with the requested size.
 _GRID = (7.5, 16.0, 24.5)  # centre coordinates of the grid's columns (and rows)
@@ -89,8 +136,17 @@ def caption(attributes: dict, template: int = 0) -> str:
 # Sampling attributes
 
 
-def _sample_attributes(rng: np.random.Generator, size: int) -> tuple[dict, int]:
-    """Draw one example's attributes (and a caption template) from its own random generator."""
+def _sample_attributes(rng: np.random.Generator, size: int, compositions: str = "all") -> tuple[dict, int]:
+    """Draw one example's attributes (and a caption template) from its own random generator; for a
+    split, draw again from the same generator until the composition belongs to it. Every allowed
+    composition stays equally likely, and the "all" stream is the one the dataset always had."""
+    while True:
+        attributes, template = _draw_attributes(rng, size)
+        if compositions == "all" or is_held_out(attributes) == (compositions == "held_out"):
+            return attributes, template
+
+
+def _draw_attributes(rng: np.random.Generator, size: int) -> tuple[dict, int]:
     colors = list(COLORS)
     color = int(rng.integers(len(colors)))
     # Any colour but the shape's own: shift by 1..len-1 places around the palette.
@@ -191,7 +247,13 @@ def _check_size(size) -> int:
     return int(size)
 
 
-def make_shapes(n: int, seed: int = 0, size: int = 32, start: int = 0) -> dict:
+def _check_compositions(compositions) -> str:
+    if compositions not in COMPOSITIONS:
+        raise ValueError(f"compositions must be one of {', '.join(COMPOSITIONS)}, got {compositions!r}")
+    return compositions
+
+
+def make_shapes(n: int, seed: int = 0, size: int = 32, start: int = 0, compositions: str = "all") -> dict:
     """Generate examples ``start .. start + n - 1`` of the shapes dataset for ``seed``.
 
     Returns a dict of numpy arrays and lists, one entry per example:
@@ -201,7 +263,9 @@ def make_shapes(n: int, seed: int = 0, size: int = 32, start: int = 0) -> dict:
       captions   list[str]                  a caption in one of a few seeded wordings
       attributes list[dict]                 shape, color, background, size, position, center, radius
     ``size`` is the image side in pixels, a multiple of 8 and at least 16 (the course uses 32 or 64).
+    ``compositions`` is "all", "train" (never a ``HELD_OUT`` combination) or "held_out" (only those).
     """
+    compositions = _check_compositions(compositions)
     n = _check_int("n", n, 1)
     seed = _check_int("seed", seed, 0)
     size = _check_size(size)
@@ -209,7 +273,7 @@ def make_shapes(n: int, seed: int = 0, size: int = 32, start: int = 0) -> dict:
 
     attributes, captions = [], []
     for i in range(start, start + n):
-        a, template = _sample_attributes(np.random.default_rng([seed, i]), size)
+        a, template = _sample_attributes(np.random.default_rng([seed, i]), size, compositions)
         attributes.append(a)
         captions.append(caption(a, template))
 
@@ -232,6 +296,12 @@ def make_shapes(n: int, seed: int = 0, size: int = 32, start: int = 0) -> dict:
             "captions": captions, "attributes": attributes}
 
 
+def attribute_labels(attributes: list[dict]) -> torch.Tensor:
+    """(N, 5) integer labels, one column per ``ATTRIBUTES`` key in order: each value's index in its list."""
+    index = {name: {value: k for k, value in enumerate(values)} for name, values in ATTRIBUTES.items()}
+    return torch.tensor([[index[name][a[name]] for name in ATTRIBUTES] for a in attributes], dtype=torch.long)
+
+
 class ShapesDataset(torch.utils.data.Dataset):
     """``n`` shapes-with-captions examples as tensors, generated once and kept in memory.
 
@@ -243,11 +313,12 @@ class ShapesDataset(torch.utils.data.Dataset):
               conditions stay in [0, 1] like a control image, only the generated image is [-1, 1])
       index   int, the example's number i
     For fast batched use the whole set is also available as ``.images`` (N, 3, H, W), ``.masks``
-    and ``.edges`` (N, 1, H, W), plus ``.captions`` and ``.attributes`` lists.
+    and ``.edges`` (N, 1, H, W), plus ``.captions`` and ``.attributes`` lists. ``compositions``
+    picks the split, as in ``make_shapes``: models that generate train on ``"train"``.
     """
 
-    def __init__(self, n: int = 10000, seed: int = 0, size: int = 32):
-        data = make_shapes(n, seed=seed, size=size)
+    def __init__(self, n: int = 10000, seed: int = 0, size: int = 32, compositions: str = "all"):
+        data = make_shapes(n, seed=seed, size=size, compositions=compositions)
         images = torch.from_numpy(data["images"]).permute(0, 3, 1, 2).contiguous()  # HWC -> CHW
         self.images = images.float() / 127.5 - 1
         self.masks = torch.from_numpy(data["masks"]).float()[:, None]

@@ -34,6 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 DOWNSAMPLE_FACTORS = (1, 2, 4, 8)
+LIKELIHOODS = ("bernoulli", "gaussian", "laplace")
 
 
 def widths(channels: int, downsample: int) -> list[int]:
@@ -117,14 +118,18 @@ class AutoencoderConfig:
 
 @dataclass
 class VAEConfig(AutoencoderConfig):
-    """An autoencoder's shape plus what p(x|z) is: ``likelihood`` "bernoulli" or "gaussian" with σ_x."""
+    """An autoencoder's shape plus what p(x|z) is: ``likelihood`` "bernoulli", or "gaussian" or
+    "laplace" with scale σ_x (``sigma_x``). ``scaling_factor`` s is what latent diffusion multiplies
+    the latents by (1 / their std over the training set, measured after training; see
+    ``minidiff.latents``): it travels with the weights, as in Stable Diffusion."""
     likelihood: str = "bernoulli"
     sigma_x: float = 0.1
+    scaling_factor: float = 1.0
 
     def __post_init__(self):
         super().__post_init__()
-        if self.likelihood not in ("bernoulli", "gaussian"):
-            raise ValueError(f"likelihood must be 'bernoulli' or 'gaussian', got {self.likelihood!r}")
+        if self.likelihood not in LIKELIHOODS:
+            raise ValueError(f"likelihood must be one of {', '.join(LIKELIHOODS)}, got {self.likelihood!r}")
 
 
 class _CodecBase(nn.Module):
@@ -180,6 +185,10 @@ class VAE(_CodecBase):
     * ``"gaussian"`` (colour shapes): p(x|z) = N(x̂, σ_x² I) with a fixed σ_x = ``sigma_x``, so
       −log p(x|z) = ‖x − x̂‖² / (2σ_x²) + (D/2)·log(2πσ_x²). A small σ_x asks for sharp
       reconstructions.
+    * ``"laplace"`` (latent diffusion's autoencoder): p(x|z) = Laplace(x̂, b = σ_x), so
+      −log p(x|z) = ‖x − x̂‖₁ / b + D·log(2b): the L1 loss Stable Diffusion's autoencoder trains
+      with. Against squared error, a small error costs relatively more (|e| ≫ e² for |e| < 1), so
+      the last few wrong pixels — a square's corners — keep pulling after the big errors are gone.
     """
 
     def __init__(self, config: VAEConfig):
@@ -240,6 +249,8 @@ def reconstruction_nll(model: VAE, z, x):
     if model.config.likelihood == "bernoulli":
         return F.binary_cross_entropy_with_logits(out, (x + 1) / 2, reduction="none").flatten(1).sum(1)
     sigma = model.config.sigma_x
+    if model.config.likelihood == "laplace":
+        return (x - out).abs().flatten(1).sum(1) / sigma + x[0].numel() * math.log(2 * sigma)
     squared = ((x - out) ** 2).flatten(1).sum(1)
     return squared / (2 * sigma ** 2) + 0.5 * x[0].numel() * math.log(2 * math.pi * sigma ** 2)
 

@@ -83,6 +83,26 @@ class Discriminator(nn.Module):
         return self.body(x).squeeze(1)
 
 
+class PatchDiscriminator(nn.Module):
+    """A "PatchGAN" discriminator (Isola et al., 2017): stride-2 convs and no final linear layer, so it answers
+    with a *map* of logits, one per overlapping patch (64×64 pictures → 8×8 answers, each seeing about
+    a third of the picture). It cannot judge the picture as a whole, only whether every patch looks
+    like a real one — a rounded corner where a square's should be, a smear where an edge should be.
+    Latent diffusion's autoencoder is trained against one (``minidiff.models.latent_codec``)."""
+
+    def __init__(self, in_channels: int = 3, channels: int = 32, layers: int = 3):
+        super().__init__()
+        blocks, c_in = [], in_channels
+        for i in range(layers):
+            c_out = channels * 2 ** i
+            blocks += [nn.Conv2d(c_in, c_out, 4, stride=2, padding=1), nn.LeakyReLU(0.2)]
+            c_in = c_out
+        self.body = nn.Sequential(*blocks, nn.Conv2d(c_in, 1, 3, padding=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x).squeeze(1)
+
+
 @dataclass
 class GANConfig:
     z_dim: int = 64           # the generator's noise

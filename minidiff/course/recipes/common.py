@@ -37,17 +37,18 @@ def recipe_config(name: str, fast: bool, device: str, *, steps: int, fast_steps:
 
 
 def finish(model, name, result, fast, data, metrics, recipe_options="", *, better: tuple[str, str],
-           started_from: dict | None = None) -> dict:
+           started_from: dict | None = None, **record) -> dict:
     """The end of every recipe: the trained model and the manifest entry it would ship with go into its
     run folder (``runs/<name>/<name>.safetensors`` and ``manifest.json``, beside the training
     checkpoint). Shipping it over ``data/checkpoints/`` is a separate, explicit act — ``python -m
     minidiff ship <name>`` (or ``train … --ship``) — which first compares ``better`` = (metric,
     "lower" or "higher") with the shipped model's. A run that trained on from shipped weights
-    (``started_from``) records their sha256 and step."""
+    (``started_from``) records their sha256 and step; ``record`` adds other fields to the entry (a
+    latent denoiser's ``autoencoder``)."""
     metrics["torch_threads"] = torch.get_num_threads()  # wall time means little without it
     recipe = f"python -m minidiff train {name}{recipe_options} --ship"
     save_weights(model, name, directory=run_dir(name, fast), recipe=recipe, data=data, steps=result.steps,
                  wall_time_s=result.wall_time_s, hardware=describe_segments(result.segments), metrics=metrics,
                  better=better, segments=result.segments,
-                 started_from=started_from and {k: started_from[k] for k in ("sha256", "step")})
+                 started_from=started_from and {k: started_from[k] for k in ("sha256", "step")}, **record)
     return metrics
