@@ -120,9 +120,19 @@ def check_protocol_cost(tmp_path, monkeypatch, capsys):
     assert list(report["real_vs_real_fid"]) == ["500"] and report["real_vs_real_fid"]["500"] > 0
 
 
-CHECKS = {"sampling_speed.py": check_sampling_speed, "fid_vs_nfe.py": check_fid_vs_nfe,
-          "samplers_vs_diffusers.py": check_samplers_vs_diffusers, "ddpm_vs_diffusers.py": check_ddpm_vs_diffusers,
-          "protocol_cost.py": check_protocol_cost}
+def check_latent_vs_pixel(tmp_path, monkeypatch, capsys):
+    """Untrained twins with two snapshots each: every part runs (step timing, the curves, the speed)."""
+    report = written(smoke("latent_vs_pixel.py", tmp_path, monkeypatch) / "latent_vs_pixel.json")
+    assert set(report["curves"]) == {"latent", "pixel"} and all(len(c) == 2 for c in report["curves"].values())
+    assert report["curves"]["pixel"][1]["seconds"] == pytest.approx(2 * report["seconds_per_step"]["pixel"], abs=0.1)
+    assert report["pixel_best"]["fid"] == min(r["fid"] for r in report["curves"]["pixel"])
+    assert report["sampling_speedup"] == pytest.approx(
+        report["pictures_per_s"]["latent"] / report["pictures_per_s"]["pixel"])
+
+
+CHECKS = {"sampling_speed.py": check_sampling_speed, "latent_vs_pixel.py": check_latent_vs_pixel,
+          "fid_vs_nfe.py": check_fid_vs_nfe, "samplers_vs_diffusers.py": check_samplers_vs_diffusers,
+          "ddpm_vs_diffusers.py": check_ddpm_vs_diffusers, "protocol_cost.py": check_protocol_cost}
 FAST = {"sampling_speed.py"}  # about a second; the others load the judge's test statistics or train
 
 

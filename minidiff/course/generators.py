@@ -16,9 +16,9 @@ from safetensors.torch import load_file
 
 from minidiff.datasets.mnist import load_fashion_mnist, load_mnist, to_tensor
 from minidiff.datasets.shapes import attribute_labels, make_shapes
-from minidiff.latents import load_denoiser
 from minidiff.diffusion.pipeline import generate
 from minidiff.files import DataError, save_safetensors_atomic, write_atomic
+from minidiff.latents import load_denoiser
 from minidiff.registry import Registry
 from minidiff.viz import image_grid
 from minidiff.weights import load_pretrained, read_manifest
