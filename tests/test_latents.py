@@ -106,3 +106,19 @@ def test_the_shipped_scaling_factor_gives_the_training_latents_unit_spread():
     vae = load_pretrained("vae_shapes_f8")
     z = latents.encode_latents(vae, training_pictures(fast=True))
     assert z.std().item() == pytest.approx(1.0, abs=0.05)  # measured on all 20,000; these are the first 2,000
+
+
+@pytest.mark.slow
+def test_the_shipped_latent_model_draws_shapes_the_judge_accepts_in_the_datas_proportions():
+    """500 samples (DPM-Solver++(2M) × 20, decoded): judge-FID within 2× the floor at the same count
+    (recorded: 1.32×; at the protocol's 2,000, 1.64×), every value of every attribute drawn."""
+    from minidiff.diffusion.pipeline import generate
+    from minidiff.metrics import evaluate_shapes, shapes_real_vs_real_fid
+    model, decode = latents.load_denoiser("ldm_shapes")
+    assert decode is not None and model.sample_shape == (4, 8, 8)
+    pictures = generate(model, 500, sampler="dpmpp_2m", num_inference_steps=20, seed=0, decode=decode,
+                        progress=False)
+    assert pictures.shape == (500, 3, 64, 64)
+    report = evaluate_shapes(pictures)
+    assert report["fid"] < 2 * shapes_real_vs_real_fid(64, n=500)
+    assert report["worst_share"] < 0.5 and all(min(h.values()) > 0 for h in report["histograms"].values())
