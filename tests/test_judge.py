@@ -78,10 +78,6 @@ def test_asking_attributes_for_another_number_of_pictures_is_refused():
 
 # ----------------------------------------------------------------------------- the shipped judge
 
-shipped = pytest.mark.skipif("shapes_judge" not in read_manifest(), reason="the shapes judge is not shipped yet")
-
-
-@shipped
 @pytest.mark.parametrize("size", [32, 64])
 def test_the_shipped_judge_reads_test_renders_as_recorded(size):
     """≥ 99.5 % on every attribute on 2,000 test renders at each size (the manifest has 10,000)."""
@@ -92,7 +88,6 @@ def test_the_shipped_judge_reads_test_renders_as_recorded(size):
     assert min(v for k, v in recorded.items() if k != "all_correct") >= 0.995
 
 
-@shipped
 def test_a_model_that_only_draws_red_circles_scores_badly():
     data = ShapesDataset(4000, seed=TRAIN_SEED, size=64, compositions="train")
     real = metrics.evaluate_shapes(data.images[:2000])
@@ -103,7 +98,6 @@ def test_a_model_that_only_draws_red_circles_scores_badly():
     assert collapsed["fid"] > 10 * real["fid"]
 
 
-@shipped
 def test_the_floor_is_far_below_noise_and_blur():
     floor = metrics.shapes_real_vs_real_fid(64)
     data = ShapesDataset(2000, seed=TRAIN_SEED, size=64, compositions="train").images

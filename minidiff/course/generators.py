@@ -70,8 +70,10 @@ def _shipped_denoiser(name):
         model, decode = load_denoiser(name)
         classes = model.config.num_classes
         if classes is None and guidance_scale is not None:
+            conditional = [other for other in diffusion_sources()
+                           if read_manifest()[other]["config"].get("num_classes") is not None]
             raise ValueError(f"{name} is unconditional: guidance needs a class-conditional model "
-                             f"({', '.join(other for other in diffusion_sources() if other != name)})")
+                             f"({', '.join(conditional)})")
         guidance_scale = 3.0 if guidance_scale is None else guidance_scale
         labels = None if classes is None else torch.arange(n) % classes
         images = generate(model, n, sampler=sampler, num_inference_steps=steps, seed=seed,
