@@ -82,12 +82,13 @@ def load_denoiser(name: str, directory=None):
     """A shipped denoiser and how its samples become pictures: ``(model, decode)``, where ``decode`` is
     None for a pixel model and, for a latent one, the decoder of the autoencoder its manifest entry
     names — only if that autoencoder is the very one it was trained on (same sha256)."""
-    model, entry = load_pretrained(name, directory=directory), read_manifest(directory)[name]
+    manifest = read_manifest(directory)
+    model, entry = load_pretrained(name, directory=directory), manifest[name]
     if "autoencoder" not in entry:
         return model, None
     wanted = entry["autoencoder"]
     vae = load_pretrained(wanted["name"], directory=directory)
-    shipped = read_manifest(directory)[wanted["name"]]["sha256"]
+    shipped = manifest[wanted["name"]]["sha256"]
     if shipped != wanted["sha256"]:
         raise DataError(f"{name} was trained on the latents of {wanted['name']} {wanted['sha256'][:12]}…, but the "
                         f"shipped {wanted['name']} is {shipped[:12]}…: its pictures would decode wrongly. Retrain "

@@ -1,4 +1,5 @@
-"""Shared fixtures: a real HTTP server on 127.0.0.1 for the download tests (nothing else is contacted)."""
+"""Shared fixtures: a real HTTP server on 127.0.0.1 for the download tests (nothing else is contacted), and
+one torch thread for the modules that train tiny models."""
 import contextlib
 import http.server
 import os
@@ -65,3 +66,12 @@ def serve():
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)  # `make test` runs two workers on two cores: one thread each, no oversubscription
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run fastest on one thread, and far slower on a busy machine with several."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -78,15 +78,6 @@ def test_the_checks_do_not_import_the_answers():
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
 
 
-@pytest.fixture
-def one_thread():
-    """A tiny network runs fastest on one thread, and far slower with several on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_the_textbook_sampling_loop_draws_what_minidiffs_ddpm_sampler_draws(one_thread):
     """The loop a student writes in chapter 05 (x_t-space, the posterior's μ̃ and β̃) and the library's
     DDPM sampler (σ-space, an Euler step plus σ_up of fresh noise) are two derivations of one process:

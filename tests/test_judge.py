@@ -10,11 +10,8 @@ from minidiff.weights import read_manifest
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _tiny_models(one_thread):
+    """Tiny models run fastest on one thread (``conftest.one_thread``)."""
 
 
 def test_the_judge_reads_every_value_of_every_attribute():

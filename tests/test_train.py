@@ -22,12 +22,8 @@ from minidiff.weights import describe_segments
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run fastest on one thread, and far slower on a busy machine with several."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _tiny_models(one_thread):
+    """Tiny models run fastest on one thread (``conftest.one_thread``)."""
 
 
 def tiny_data(n=64, seed=0):

@@ -2,6 +2,7 @@
 denoiser ``ldm_shapes`` and its pixel-space twin ``pixel_shapes``, all trained on the training
 compositions only (``HELD_OUT`` is never seen) and measured with the shapes protocol."""
 import functools
+import math
 
 import torch
 from torch.utils.data import TensorDataset
@@ -94,7 +95,7 @@ def _vae_shapes(downsample: int, fast: bool = False, device: str = "auto") -> di
     test = ShapesDataset(n, seed=TEST_SEED, size=SIZE, compositions="train")
     held = ShapesDataset(n // 5, seed=TEST_SEED, size=SIZE, compositions="held_out")
     metrics = {"parameters": sum(p.numel() for p in vae.parameters()), "latent_shape": list(vae.latent_shape),
-               "compression": 3 * SIZE * SIZE // (vae.latent_shape[0] * vae.latent_shape[1] * vae.latent_shape[2]),
+               "compression": 3 * SIZE * SIZE // math.prod(vae.latent_shape),
                "scaling_factor": vae.config.scaling_factor,
                "test": reconstruction_report(vae, test.images, test.attributes),
                "held_out": reconstruction_report(vae, held.images, held.attributes)}
