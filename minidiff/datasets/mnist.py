@@ -154,8 +154,15 @@ def mnist_dataset(split="train", fashion=False, limit=None) -> torch.utils.data.
     return torch.utils.data.TensorDataset(to_tensor(images), torch.from_numpy(labels.astype(np.int64)))
 
 
+# The training wordings of a digit's caption per language ({name}: the digit as a word, {digit}: as a
+# numeral), so a text encoder learns the digit rather than one sentence, and one evaluation wording
+# per language that nothing trains on (see ``eval_digit_caption``).
 CAPTION_TEMPLATES = ("a handwritten {name}", "the digit {digit}", "a {digit}",
                      "a handwritten digit {name}", "the number {name}", "{name}")
+DIGIT_TEMPLATES = {"en": CAPTION_TEMPLATES,
+                   "zh": ("手写的数字{name}", "一个手写的 {digit}", "数字{name}", "手写数字 {digit}")}
+DIGIT_NAMES_ZH = ("零", "一", "二", "三", "四", "五", "六", "七", "八", "九")
+_EVAL_DIGIT_TEMPLATES = {"en": "a photo of the number {name}", "zh": "一张数字{name}的照片"}
 
 
 class ConditionedImages(torch.utils.data.Dataset):
@@ -186,12 +193,40 @@ def mnist_diffusion_dataset(split="train", conditional=False, limit=None) -> Con
     return ConditionedImages(images, labels=labels) if conditional else ConditionedImages(images)
 
 
-def digit_caption(label: int, template: int = 0) -> str:
-    """A templated caption for an MNIST digit, e.g. ``digit_caption(7, 1) == 'the digit 7'``."""
-    return CAPTION_TEMPLATES[template % len(CAPTION_TEMPLATES)].format(name=DIGIT_NAMES[label], digit=label)
+def _check_language(language) -> str:
+    if language not in DIGIT_TEMPLATES:
+        raise ValueError(f"language must be one of {', '.join(DIGIT_TEMPLATES)}, got {language!r}")
+    return language
 
 
-def digit_captions(labels, seed=0) -> list:
+def _fill_digit(template: str, label: int, language: str) -> str:
+    names = DIGIT_NAMES_ZH if language == "zh" else DIGIT_NAMES
+    return template.format(name=names[label], digit=label)
+
+
+def digit_caption(label: int, template: int = 0, language: str = "en") -> str:
+    """A templated caption for an MNIST digit in ``language`` ("en" or "zh"), e.g.
+    ``digit_caption(7, 1) == 'the digit 7'``, ``digit_caption(7, 0, "zh") == '手写的数字七'``.
+    Any ``template`` number picks a training wording (counted round the language's templates)."""
+    templates = DIGIT_TEMPLATES[_check_language(language)]
+    return _fill_digit(templates[template % len(templates)], label, language)
+
+
+def digit_captions(labels, seed=0, language="en") -> list:
     """One caption per label, with the wording drawn at random (seeded) from the templates."""
-    templates = np.random.default_rng(seed).integers(len(CAPTION_TEMPLATES), size=len(labels))
-    return [digit_caption(int(y), int(t)) for y, t in zip(labels, templates)]
+    n_templates = len(DIGIT_TEMPLATES[_check_language(language)])
+    templates = np.random.default_rng(seed).integers(n_templates, size=len(labels))
+    return [digit_caption(int(y), int(t), language) for y, t in zip(labels, templates)]
+
+
+def all_digit_captions(label: int, languages=("en", "zh")) -> list:
+    """Every training wording of one digit in each of ``languages``, for a bilingual CLIP."""
+    return [digit_caption(label, template, language) for language in languages
+            for template in range(len(DIGIT_TEMPLATES[_check_language(language)]))]
+
+
+def eval_digit_caption(label: int, language: str = "en") -> str:
+    """The evaluation wording of a digit ("a photo of the number seven", "一张数字七的照片"): a
+    sentence no model trains on, so a zero-shot test measures understanding of the words rather
+    than memory of the training sentences. The training-wording functions never return it."""
+    return _fill_digit(_EVAL_DIGIT_TEMPLATES[_check_language(language)], label, language)

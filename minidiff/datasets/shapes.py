@@ -3,7 +3,10 @@
 Each picture is one coloured shape on a plain background, with a caption that says what and where
 it is ("a large red circle on a blue background, top left"). Because the pictures are simple, a
 small model can learn to follow the words in minutes on a CPU, which is what the text-to-image,
-CLIP and ControlNet chapters need (the idea follows ControlNet's "Fill50K" toy dataset).
+CLIP and ControlNet chapters need (the idea follows ControlNet's "Fill50K" toy dataset). Every
+caption also exists in Chinese ("蓝色背景上的一个红色大圆形，在左上角", ``language="zh"``), each
+language in a few training wordings plus one evaluation wording that no model trains on
+(``eval_caption``), for zero-shot tests.
 
 Every example ``i`` is generated from ``(seed, i)`` alone, so any subset, in any order, can be
 rebuilt bit for bit: ``make_shapes(5, start=10)`` equals items 10..14 of ``make_shapes(20)``.
@@ -99,12 +102,44 @@ _JITTER = 1.0  # the centre moves up to this far from its grid point: a position
 _SUBPIXELS = ((np.arange(4) + 0.5) / 4).astype(np.float32)
 _CENTER = np.array([0.5], np.float32)
 
-_TEMPLATES = (  # template 0 is the canonical caption
-    "a {size} {color} {shape} on {a_background} background, {position}",
-    "a {size} {color} {shape} {where} on {background}",
-    "{a_background} picture with a {size} {color} {shape} {where}",
-    "{size} {color} {shape}, {position}, {background} background",
-)
+# Captions: a few training wordings per language, so a text encoder learns the words, not one
+# sentence. The Chinese ones put the size next to the noun ("红色的大圆形", "一个大的红色圆形"),
+# never "大红色": 大红 is a colour of its own (bright red).
+LANGUAGES = ("en", "zh")
+_TEMPLATES = {  # template 0 is the canonical caption
+    "en": (
+        "a {size} {color} {shape} on {a_background} background, {position}",
+        "a {size} {color} {shape} {where} on {background}",
+        "{a_background} picture with a {size} {color} {shape} {where}",
+        "{size} {color} {shape}, {position}, {background} background",
+    ),
+    "zh": (
+        "{background}背景上的一个{color}{size}{shape}，在{position}",
+        "画面{position}有一个{color}的{size}{shape}，背景是{background}",
+        "一个{size}的{color}{shape}位于画面{position}，{background}背景",
+        "{color}{size}{shape}，{position}，{background}背景",
+    ),
+}
+_EVAL_TEMPLATES = {  # one wording per language that nothing trains on: see eval_caption
+    "en": "a picture of a {size} {color} {shape} against {a_background} background, {position}",
+    "zh": "一张{background}底色的图片，{position}画着一个{color}的{size}{shape}",
+}
+CHINESE_WORDS = {  # attribute -> value -> its Chinese word, shared by every Chinese template
+    "shape": {"circle": "圆形", "square": "正方形", "triangle": "三角形"},
+    "color": {"red": "红色", "green": "绿色", "blue": "蓝色", "yellow": "黄色",
+              "purple": "紫色", "orange": "橙色", "white": "白色", "black": "黑色"},
+    "size": {"small": "小", "large": "大"},
+    "position": {"top left": "左上角", "top": "正上方", "top right": "右上角",
+                 "left": "左侧", "center": "正中间", "right": "右侧",
+                 "bottom left": "左下角", "bottom": "正下方", "bottom right": "右下角"},
+}
+_WORDING_STREAM = 1  # tags the generator (seed, i, 1) that picks a non-English example's wording
+
+
+def _check_language(language) -> str:
+    if language not in LANGUAGES:
+        raise ValueError(f"language must be one of {', '.join(LANGUAGES)}, got {language!r}")
+    return language
 
 
 def _where(position: str) -> str:
@@ -116,20 +151,56 @@ def _where(position: str) -> str:
     return f"at the {position}"
 
 
-def caption(attributes: dict, template: int = 0) -> str:
-    """The caption for one example's attributes; ``template`` picks the wording (0 is canonical).
-
-    Every template names the size, colour and shape, the background colour and the position.
-    """
-    if not 0 <= template < len(_TEMPLATES):
-        raise ValueError(f"template must be in 0..{len(_TEMPLATES) - 1}, got {template}")
+def _fill(template: str, attributes: dict, language: str) -> str:
+    """``template`` with the example's attributes put in, as words of ``language``."""
     a = attributes
+    if language == "zh":
+        words = {key: CHINESE_WORDS[key][a[key]] for key in ("size", "color", "shape", "position")}
+        return template.format(**words, background=CHINESE_WORDS["color"][a["background"]])
     article = "an" if a["background"][0] in "aeiou" else "a"  # "an orange background"
-    return _TEMPLATES[template].format(
+    return template.format(
         size=a["size"], color=a["color"], shape=a["shape"], background=a["background"],
         a_background=f"{article} {a['background']}", position=a["position"],
         where=_where(a["position"]),
     )
+
+
+def caption(attributes: dict, template: int = 0, language: str = "en") -> str:
+    """The caption for one example's attributes: ``template`` picks one of the training wordings of
+    ``language`` ("en" or "zh"; 0 is canonical, e.g. "a large red circle on a blue background, top
+    left" or "蓝色背景上的一个红色大圆形，在左上角").
+
+    Every template names the size, colour and shape, the background colour and the position.
+    """
+    templates = _TEMPLATES[_check_language(language)]
+    if not 0 <= template < len(templates):
+        raise ValueError(f"template must be in 0..{len(templates) - 1}, got {template}")
+    return _fill(templates[template], attributes, language)
+
+
+def all_captions(attributes: dict, languages=LANGUAGES) -> list[str]:
+    """Every training wording of one example in each of ``languages``: what a bilingual CLIP
+    trains on, so that each language's sentences and the other's land on the same picture."""
+    return [caption(attributes, template, language) for language in languages
+            for template in range(len(_TEMPLATES[_check_language(language)]))]
+
+
+def eval_caption(attributes: dict, language: str = "en") -> str:
+    """The evaluation wording of one example, e.g. "a picture of a large red circle against a blue
+    background, top left": a sentence no model trains on, so a zero-shot test can ask whether a
+    text encoder understood the words, not merely memorised the training sentences. Only this
+    function writes it; ``caption``, ``all_captions`` and ``make_shapes`` never do."""
+    return _fill(_EVAL_TEMPLATES[_check_language(language)], attributes, language)
+
+
+def _wording(seed: int, i: int, language: str, english_template: int) -> int:
+    """Which training template example ``i`` uses in ``language``. English keeps the one its own
+    generator drew; another language draws from a generator of its own, so that asking for it
+    leaves the pictures (and the English stream) exactly as they were."""
+    if language == "en":
+        return english_template
+    rng = np.random.default_rng([seed, i, _WORDING_STREAM])
+    return int(rng.integers(len(_TEMPLATES[language])))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -167,7 +238,7 @@ def _draw_attributes(rng: np.random.Generator, size: int) -> tuple[dict, int]:
         "center": (float(cx), float(cy)),  # in pixels of the output image; (0, 0) is the top left
         "radius": float(radius),  # circle: radius; square: half the side; triangle: half the base
     }
-    return attributes, int(rng.integers(len(_TEMPLATES)))
+    return attributes, int(rng.integers(len(_TEMPLATES["en"])))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -253,18 +324,21 @@ def _check_compositions(compositions) -> str:
     return compositions
 
 
-def make_shapes(n: int, seed: int = 0, size: int = 32, start: int = 0, compositions: str = "all") -> dict:
+def make_shapes(n: int, seed: int = 0, size: int = 32, start: int = 0, compositions: str = "all",
+                language: str = "en") -> dict:
     """Generate examples ``start .. start + n - 1`` of the shapes dataset for ``seed``.
 
     Returns a dict of numpy arrays and lists, one entry per example:
       images     (n, size, size, 3) uint8   the anti-aliased picture
       masks      (n, size, size)    uint8   1 where the pixel's centre lies inside the shape
       edges      (n, size, size)    uint8   255 on the mask's 1-pixel outline, else 0
-      captions   list[str]                  a caption in one of a few seeded wordings
+      captions   list[str]                  a caption in one of ``language``'s training wordings, seeded
       attributes list[dict]                 shape, color, background, size, position, center, radius
     ``size`` is the image side in pixels, a multiple of 8 and at least 16 (the course uses 32 or 64).
     ``compositions`` is "all", "train" (never a ``HELD_OUT`` combination) or "held_out" (only those).
+    ``language`` is "en" or "zh": the same pictures, captioned in English or in Chinese.
     """
+    language = _check_language(language)
     compositions = _check_compositions(compositions)
     n = _check_int("n", n, 1)
     seed = _check_int("seed", seed, 0)
@@ -275,7 +349,7 @@ def make_shapes(n: int, seed: int = 0, size: int = 32, start: int = 0, compositi
     for i in range(start, start + n):
         a, template = _sample_attributes(np.random.default_rng([seed, i]), size, compositions)
         attributes.append(a)
-        captions.append(caption(a, template))
+        captions.append(caption(a, _wording(seed, i, language, template), language))
 
     # Draw in chunks so memory stays small for any n (the temporaries are float32 per pixel).
     chunks = [attributes[j:j + 1024] for j in range(0, n, 1024)]
@@ -314,11 +388,13 @@ class ShapesDataset(torch.utils.data.Dataset):
       index   int, the example's number i
     For fast batched use the whole set is also available as ``.images`` (N, 3, H, W), ``.masks``
     and ``.edges`` (N, 1, H, W), plus ``.captions`` and ``.attributes`` lists. ``compositions``
-    picks the split, as in ``make_shapes``: models that generate train on ``"train"``.
+    picks the split, as in ``make_shapes``: models that generate train on ``"train"``; ``language``
+    ("en" or "zh") the captions' language.
     """
 
-    def __init__(self, n: int = 10000, seed: int = 0, size: int = 32, compositions: str = "all"):
-        data = make_shapes(n, seed=seed, size=size, compositions=compositions)
+    def __init__(self, n: int = 10000, seed: int = 0, size: int = 32, compositions: str = "all",
+                 language: str = "en"):
+        data = make_shapes(n, seed=seed, size=size, compositions=compositions, language=language)
         images = torch.from_numpy(data["images"]).permute(0, 3, 1, 2).contiguous()  # HWC -> CHW
         self.images = images.float() / 127.5 - 1
         self.masks = torch.from_numpy(data["masks"]).float()[:, None]
