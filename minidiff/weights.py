@@ -32,13 +32,14 @@ from minidiff.files import (
 )
 from minidiff.models.autoencoder import VAE, Autoencoder, AutoencoderConfig, VAEConfig
 from minidiff.models.classifier import ClassifierConfig, MNISTClassifier, ShapesJudge, ShapesJudgeConfig
+from minidiff.models.clip import CLIP, CLIPConfig
 from minidiff.models.gan import GAN, GANConfig
 from minidiff.models.unet import UNet, UNetConfig
 
 # the model classes a checkpoint may hold, each with the config dataclass that builds it
 MODELS = {cls.__name__: (cls, config_cls) for cls, config_cls in [
     (Autoencoder, AutoencoderConfig), (VAE, VAEConfig), (GAN, GANConfig), (MNISTClassifier, ClassifierConfig),
-    (ShapesJudge, ShapesJudgeConfig), (UNet, UNetConfig)]}
+    (ShapesJudge, ShapesJudgeConfig), (UNet, UNetConfig), (CLIP, CLIPConfig)]}
 
 
 # ----------------------------------------------------------------------------- shipped weights
