@@ -201,3 +201,30 @@ def shapes_real_vs_real_fid(size: int = 64, n: int = PROTOCOL_SAMPLES, compositi
     renders = ShapesDataset(n, seed=TRAIN_SEED, size=size, compositions=compositions).images
     features, _ = judge_read(renders, judge)
     return frechet_distance(*gaussian_stats(features), *shapes_reference_stats(judge, size, compositions)[:2])
+
+
+# ---------------------------------------------------------------------------------------------
+# The CLIP score (chapters 09–12)
+
+
+@torch.no_grad()
+def clip_score(model, tokenizer, images: torch.Tensor, prompts, batch_size: int = 256) -> torch.Tensor:
+    """How well each picture fits its prompt under the course's CLIP (``minidiff.weights.load_clip``):
+
+        CLIP score_i = 100 · cos(u_i, w_i) = 100 · u_i · w_i      in [−100, 100]
+
+    with u_i the picture's and w_i its prompt's unit embedding; the factor 100 is customary (Hessel et
+    al., 2021, and torchmetrics, which also clip at 0; we keep the sign). ``images`` (N, C, H, W) in
+    [-1, 1], at the CLIP's size or an integer multiple of it (64-px shapes for a 32-px CLIP);
+    ``prompts``: N strings, or one for every picture. Returns (N,) scores, encoded in batches."""
+    prompts = [prompts] * len(images) if isinstance(prompts, str) else list(prompts)
+    if len(prompts) != len(images):
+        raise ValueError(f"got {len(images)} pictures but {len(prompts)} prompts")
+    model.eval()
+    device = next(model.parameters()).device
+    scores = []
+    for start in range(0, len(images), batch_size):
+        ids = tokenizer(prompts[start:start + batch_size], model.config.context_length).to(device)
+        u = model.encode_image(images[start:start + batch_size].to(device))
+        scores.append(100 * (u * model.encode_text(ids)).sum(1).float().cpu())
+    return torch.cat(scores)

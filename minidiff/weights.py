@@ -4,7 +4,10 @@ Each file has one entry in ``data/checkpoints/manifest.json`` saying which model
 built it, its SHA-256, the data, steps, wall time, hardware and metrics, and the one command (the
 *recipe*) that re-creates it. ``load_pretrained(name)`` checks all of that and rebuilds the model
 from the manifest alone: ``MODELS`` is the one list of model classes a checkpoint may hold (add a new
-model there). Training checkpoints, for resuming a run, are ``minidiff.resume``'s.
+model there). A checkpoint may have *companion files* beside it, ``<name>.<suffix>``, that it cannot
+be used without — CLIP's tokenizer, ``<name>.tokenizer.json`` — each with its sha256 in the entry
+(``"companions"``): they are written with the weights, shipped with them and checked on loading
+(``companion_path``, ``load_clip``). Training checkpoints, for resuming a run, are ``minidiff.resume``'s.
 
 Tensors go to safetensors and everything else to JSON, so loading a file can never run code (unlike
 ``torch.save``/``pickle``). Every write goes to a temporary file in the same folder, is fsynced, and is
@@ -34,6 +37,7 @@ from minidiff.models.autoencoder import VAE, Autoencoder, AutoencoderConfig, VAE
 from minidiff.models.classifier import ClassifierConfig, MNISTClassifier, ShapesJudge, ShapesJudgeConfig
 from minidiff.models.clip import CLIP, CLIPConfig
 from minidiff.models.gan import GAN, GANConfig
+from minidiff.models.tokenizer import Tokenizer
 from minidiff.models.unet import UNet, UNetConfig
 
 # the model classes a checkpoint may hold, each with the config dataclass that builds it
@@ -92,13 +96,15 @@ def manifest_lock(directory: Path):
 
 def save_weights(model, name: str, *, directory=None, recipe: str, data: str, steps: int,
                  wall_time_s: float, hardware: str | None = None, metrics: dict | None = None,
-                 better: tuple[str, str] | None = None, **record) -> Path:
+                 better: tuple[str, str] | None = None, companions: dict | None = None, **record) -> Path:
     """Save ``model``'s weights as ``<name>.safetensors`` and record how they were made in the manifest.
 
     The file's metadata names the model class and config too, so a file copied without its manifest
     still says what it is. Other manifest entries are left untouched. ``better`` = (metric, "lower" or
-    "higher") says which figure decides whether this model may replace another (``ship``); ``record``
-    adds anything else the entry should keep (a run's ``segments``, the weights it ``started_from``).
+    "higher") says which figure decides whether this model may replace another (``ship``);
+    ``companions`` = {suffix: write} adds files the model needs, ``write(path)`` writing each
+    atomically to ``<name>.<suffix>`` (``{"tokenizer.json": tokenizer.save}``); ``record`` adds anything
+    else the entry should keep (a run's ``segments``, the weights it ``started_from``).
     """
     directory = checkpoints_dir(directory)
     path = directory / f"{name}.safetensors"
@@ -108,6 +114,12 @@ def save_weights(model, name: str, *, directory=None, recipe: str, data: str, st
         save_safetensors_atomic(model.state_dict(), path, metadata)
         manifest = read_manifest(directory)
         manifest[name] = _entry(path, model, config, recipe, data, steps, wall_time_s, hardware, metrics, better)
+        if companions:
+            manifest[name]["companions"] = {}
+            for suffix, write in companions.items():
+                write(directory / f"{name}.{suffix}")
+                manifest[name]["companions"][suffix] = {"file": f"{name}.{suffix}",
+                                                        "sha256": sha256sum(directory / f"{name}.{suffix}")}
         manifest[name].update(record)
         write_json_atomic(dict(sorted(manifest.items())), directory / "manifest.json")
     return path
@@ -136,12 +148,15 @@ def ship(name: str, source, *, force: bool = False, directory=None) -> dict:
     """Ship the model a recipe left in the run folder ``source`` over ``data/checkpoints`` — the one way
     shipped weights change. It refuses a model that measures worse than the one it would replace (by
     the recipe's ``better`` figure) unless ``force``; the replaced entry's sha256, steps and figures
-    stay in the new entry as ``previous``, so nothing measured is lost."""
+    stay in the new entry as ``previous``, so nothing measured is lost. Its companion files go with it."""
     source, directory = Path(source), checkpoints_dir(directory)
     candidate = read_manifest(source).get(name)
     if candidate is None:
         raise DataError(f"No trained {name} in {source}: train it first with `python -m minidiff train {name}`.")
-    verify_sha256(source / candidate["file"], candidate["sha256"], f"Train it again with `{candidate['recipe']}`.")
+    files = [candidate["file"], *(c["file"] for c in candidate.get("companions", {}).values())]
+    hashes = [candidate["sha256"], *(c["sha256"] for c in candidate.get("companions", {}).values())]
+    for file, sha256 in zip(files, hashes):
+        verify_sha256(source / file, sha256, f"Train it again with `{candidate['recipe']}`.")
     with manifest_lock(directory):
         manifest = read_manifest(directory)
         shipped = manifest.get(name)
@@ -153,6 +168,8 @@ def ship(name: str, source, *, force: bool = False, directory=None) -> dict:
                                 f"steps) with one that measures worse ({metric} {new:.4g}, {candidate['steps']:,} "
                                 f"steps). Train it longer, or ship it anyway with --force.")
         target = directory / f"{name}.safetensors"
+        for file in files[1:]:  # companions are named <name>.<suffix> in both folders
+            write_atomic(directory / file, lambda tmp, file=file: shutil.copyfile(source / file, tmp))
         write_atomic(target, lambda tmp: shutil.copyfile(source / candidate["file"], tmp))
         entry = {**candidate, "file": target.name}
         if shipped is not None:
@@ -189,6 +206,40 @@ def shipped_start(name: str, model, *, directory=None) -> dict:
             "wall_time_s": entry["wall_time_s"], "segments": entry.get("segments", one_stretch)}
 
 
+def _restore(directory: Path, recipe: str) -> str:
+    return f"restore the file and its manifest with `git checkout -- {directory}`, or re-create them with `{recipe}`"
+
+
+def companion_path(name: str, suffix: str, *, directory=None) -> Path:
+    """The checked path of checkpoint ``name``'s companion file ``<name>.<suffix>``: it must be listed in
+    the manifest entry and match the sha256 recorded there, or one DataError says what to do."""
+    directory = checkpoints_dir(directory)
+    entry = read_manifest(directory).get(name)
+    if entry is None:
+        raise DataError(f"No checkpoint named {name!r} in {directory / 'manifest.json'}: train one with "
+                        f"`python -m minidiff train {name} --ship`.")
+    companion = entry.get("companions", {}).get(suffix)
+    if companion is None:
+        raise DataError(f"The manifest entry of {name} in {directory} lists no {suffix} beside the weights: "
+                        f"re-create both with `{entry['recipe']}`.")
+    return verify_sha256(directory / companion["file"], companion["sha256"],
+                         f"The file or its manifest entry changed: {_restore(directory, entry['recipe'])}.")
+
+
+def load_clip(name: str, *, directory=None, device="cpu") -> tuple[CLIP, Tokenizer]:
+    """A shipped CLIP and the tokenizer it reads (``<name>.tokenizer.json``, checked against its
+    sha256 in the manifest): ``model, tokenizer = load_clip("clip_shapes")``."""
+    model = load_pretrained(name, directory=directory, device=device)
+    if not isinstance(model, CLIP):
+        raise DataError(f"{name} is a {type(model).__name__}, not a CLIP: pick a CLIP checkpoint (clip_shapes, "
+                        "clip_mnist).")
+    tokenizer = Tokenizer.load(companion_path(name, "tokenizer.json", directory=directory))
+    if tokenizer.vocab_size != model.config.vocab_size:
+        raise DataError(f"{name}'s tokenizer has {tokenizer.vocab_size} tokens but its text encoder reads "
+                        f"{model.config.vocab_size}: re-create both with `{read_manifest(directory)[name]['recipe']}`.")
+    return model, tokenizer
+
+
 def load_pretrained(name: str, *, directory=None, device="cpu"):
     """The shipped model ``name``, rebuilt from its manifest entry (class and config), with its
     verified weights, in eval mode. Every way this can go wrong raises one DataError that names the
@@ -205,7 +256,7 @@ def load_pretrained(name: str, *, directory=None, device="cpu"):
     entry = manifest[name]
     path = directory / entry["file"]
     recipe = entry["recipe"]
-    restore = f"restore the file and its manifest with `git checkout -- {directory}`, or re-create them with `{recipe}`"
+    restore = _restore(directory, recipe)
     if not path.exists():
         raise DataError(f"{path} is missing: {restore}.")
     verify_sha256(path, entry["sha256"], f"The file or its manifest entry changed: {restore}.")

@@ -293,3 +293,92 @@ def test_a_deleted_manifest_and_a_file_minidiff_did_not_write_get_the_right_advi
     (tmp_path / "manifest.json").unlink()
     with pytest.raises(DataError, match=r"manifest\.json is missing: restore it with `git checkout"):
         load_pretrained("net", directory=tmp_path)
+
+
+# ----------------------------------------------------------------------------- companion files
+
+
+def tokenizer(vocab=300):
+    from minidiff.models.tokenizer import train_bpe
+    return train_bpe(["a red circle", "a blue square", "a red square", "两个红色圆形"] * 3, vocab_size=vocab)
+
+
+def trained_clip(directory, accuracy, text=None, seed=0):
+    """What a CLIP recipe leaves in its run folder: the weights, the tokenizer beside them, the entry."""
+    from minidiff.models.clip import CLIP, CLIPConfig
+    text = text or tokenizer()
+    torch.manual_seed(seed)
+    model = CLIP(CLIPConfig(vocab_size=text.vocab_size, pad_id=text.pad_id, end_id=text.end_id, context_length=8,
+                            text_width=8, text_layers=1, text_heads=2, image_size=8, channels=(8,), groups=4,
+                            embed_dim=4))
+    save_weights(model, "clip", directory=directory, recipe="python -m minidiff train clip --ship", data="captions",
+                 steps=int(accuracy * 100), wall_time_s=1.0, hardware="test rig", metrics={"acc": accuracy},
+                 better=("acc", "higher"), companions={"tokenizer.json": text.save})
+    return model, text
+
+
+def test_a_companion_file_is_saved_shipped_and_loaded_with_its_weights(tmp_path):
+    runs, shipped = tmp_path / "runs", tmp_path / "checkpoints"
+    model, text = trained_clip(runs, 0.9)
+    entry = read_manifest(runs)["clip"]
+    from minidiff.files import sha256sum
+    assert entry["companions"] == {"tokenizer.json": {"file": "clip.tokenizer.json",
+                                                      "sha256": sha256sum(runs / "clip.tokenizer.json")}}
+    weights.ship("clip", runs, directory=shipped)
+    assert (shipped / "clip.tokenizer.json").read_bytes() == (runs / "clip.tokenizer.json").read_bytes()
+    assert read_manifest(shipped)["clip"]["companions"] == entry["companions"]
+    assert weights.companion_path("clip", "tokenizer.json", directory=shipped) == shipped / "clip.tokenizer.json"
+    loaded, loaded_text = weights.load_clip("clip", directory=shipped)
+    assert loaded.config == model.config and loaded_text.merges == text.merges
+    ids = text(["a red circle"], 8)
+    assert torch.equal(loaded.encode_text(ids), model.eval().encode_text(ids))
+    assert sorted(p.name for p in shipped.iterdir() if not p.name.startswith(".")) == [
+        "clip.safetensors", "clip.tokenizer.json", "manifest.json"]
+
+
+def test_a_worse_model_ships_neither_its_weights_nor_its_tokenizer(tmp_path):
+    runs, shipped = tmp_path / "runs", tmp_path / "checkpoints"
+    trained_clip(runs / "good", 0.9)
+    weights.ship("clip", runs / "good", directory=shipped)
+    before = {p.name: p.read_bytes() for p in shipped.iterdir() if p.suffix != ".lock"}
+    trained_clip(runs / "worse", 0.5, text=tokenizer(280), seed=1)
+    with pytest.raises(DataError, match="Refusing to replace the shipped clip"):
+        weights.ship("clip", runs / "worse", directory=shipped)
+    assert {p.name: p.read_bytes() for p in shipped.iterdir() if p.suffix != ".lock"} == before
+    weights.ship("clip", runs / "worse", force=True, directory=shipped)
+    assert weights.load_clip("clip", directory=shipped)[1].vocab_size == 280
+
+
+def test_a_run_whose_tokenizer_changed_is_not_shipped(tmp_path):
+    runs, shipped = tmp_path / "runs", tmp_path / "checkpoints"
+    trained_clip(runs, 0.9)
+    (runs / "clip.tokenizer.json").write_text("{}")
+    with pytest.raises(DataError, match=r"clip\.tokenizer\.json is corrupt.*python -m minidiff train clip"):
+        weights.ship("clip", runs, directory=shipped)
+    assert not shipped.exists() or not any(shipped.glob("clip*"))
+
+
+def test_a_missing_or_altered_tokenizer_is_one_data_error_saying_what_to_do(tmp_path):
+    trained_clip(tmp_path, 0.9)
+    path = tmp_path / "clip.tokenizer.json"
+    good = path.read_text()
+    path.write_text(good.replace("[", "[ ", 1))  # the same merges, other bytes: still refused
+    with pytest.raises(DataError, match=r"clip\.tokenizer\.json is corrupt.*changed: restore.*git checkout.*"
+                                        r"python -m minidiff train clip") as error:
+        weights.load_clip("clip", directory=tmp_path)
+    assert "\n" not in str(error.value)
+    path.unlink()
+    with pytest.raises(DataError, match=r"clip\.tokenizer\.json is missing.*git checkout"):
+        weights.load_clip("clip", directory=tmp_path)
+    path.write_text(good)
+    manifest = read_manifest(tmp_path)
+    del manifest["clip"]["companions"]
+    write_json_atomic(manifest, tmp_path / "manifest.json")
+    with pytest.raises(DataError, match=r"lists no tokenizer\.json.*python -m minidiff train clip"):
+        weights.load_clip("clip", directory=tmp_path)
+
+
+def test_only_a_clip_loads_as_a_clip(tmp_path):
+    save(Net(NetConfig()), "net", tmp_path)
+    with pytest.raises(DataError, match="net is a Net, not a CLIP"):
+        weights.load_clip("net", directory=tmp_path)

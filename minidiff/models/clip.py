@@ -23,7 +23,9 @@ the one position whose causal attention has seen every word. ``text_tower="bag_o
 it by the mean of the token embeddings: no positions, no attention, so "a red circle left of a blue
 square" and "a blue circle left of a red square" look the same to it — the evidence that word order
 needs a transformer. The image tower is a small CNN (residual GroupNorm/SiLU stages, stride-2
-downsampling, global average pooling).
+downsampling, global average pooling); a picture an integer k times larger than ``image_size`` is
+first averaged over k×k blocks (``images_for_clip``), so a CLIP trained on 32-px shapes reads the
+course's 64-px pictures as the shapes judge does.
 
 ``clip_loss(model, batch)`` is the loss for ``minidiff.train.train``. Procedural captions repeat,
 so it also takes ``batch["group"]``, where equal ids mean equal captions, and then counts every
@@ -159,7 +161,8 @@ class CLIP(nn.Module):
         return F.normalize(self.text_projection(pooled), dim=-1)
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
-        """u = W_image · mean_{H,W} CNN(x) / ‖·‖ for images x (B, C, H, W) in [-1, 1]."""
+        """u = W_image · mean_{H,W} CNN(x) / ‖·‖ for images x (B, C, H, W) in [-1, 1] (``images_for_clip``)."""
+        images = images_for_clip(images, self.config.image_size)
         features = self.image_encoder(images).mean(dim=(2, 3))  # global average pool: (B, channels[-1])
         return F.normalize(self.image_projection(features), dim=-1)
 
@@ -170,6 +173,16 @@ class CLIP(nn.Module):
     def forward(self, images: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """The similarity matrix S = (1/τ) · U Wᵀ (B_images, B_texts): row i scores every caption for image i."""
         return self.inverse_temperature() * self.encode_image(images) @ self.encode_text(ids).T
+
+
+def images_for_clip(images: torch.Tensor, image_size: int) -> torch.Tensor:
+    """Pictures at the size the image tower was trained on: a side k·``image_size`` (k = 2, 3, …) is
+    averaged over k×k blocks (64-px shapes → 32 px); any other size passes unchanged (the CNN and its
+    average pooling take any size, but read best the size they learned)."""
+    side = images.shape[-1]
+    if side > image_size and side % image_size == 0 and images.shape[-2] == side:
+        return F.avg_pool2d(images, side // image_size)
+    return images
 
 
 class _GatherWithGrad(torch.autograd.Function):

@@ -44,7 +44,8 @@ def finish(model, name, result, fast, data, metrics, recipe_options="", *, bette
     minidiff ship <name>`` (or ``train … --ship``) — which first compares ``better`` = (metric,
     "lower" or "higher") with the shipped model's. A run that trained on from shipped weights
     (``started_from``) records their sha256 and step; ``record`` adds other fields to the entry (a
-    latent denoiser's ``autoencoder``)."""
+    latent denoiser's ``autoencoder``), and ``companions`` files the model needs beside it (CLIP's
+    ``{"tokenizer.json": tokenizer.save}``: see ``save_weights``)."""
     metrics["torch_threads"] = torch.get_num_threads()  # wall time means little without it
     recipe = f"python -m minidiff train {name}{recipe_options} --ship"
     save_weights(model, name, directory=run_dir(name, fast), recipe=recipe, data=data, steps=result.steps,
