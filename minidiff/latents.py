@@ -47,12 +47,14 @@ def encode_latents(vae, images: torch.Tensor, batch_size: int = 500) -> torch.Te
 
 
 def latent_decoder(vae):
-    """The pipeline's last step for a latent model: scaled latents → pictures, decode(z / s)."""
+    """The pipeline's last step for a latent model: scaled latents → pictures, decode(z / s). The
+    autoencoder travels with it as ``decode.vae`` (to encode pictures for the same model)."""
     @torch.no_grad()
     def decode(z: torch.Tensor) -> torch.Tensor:
         vae.eval()
         device = next(vae.parameters()).device
         return vae.decode(z.to(device) / vae.config.scaling_factor)
+    decode.vae = vae
     return decode
 
 
@@ -75,7 +77,6 @@ def cached_latents(vae, vae_sha256: str, what: dict, images, folder=None) -> tor
     latents = encode_latents(vae, images())
     save_safetensors_atomic({"latents": latents.contiguous()}, path, metadata={"what": key})
     return latents
-
 
 
 def load_denoiser(name: str, directory=None):

@@ -121,13 +121,18 @@ def check_protocol_cost(tmp_path, monkeypatch, capsys):
 
 
 def check_latent_vs_pixel(tmp_path, monkeypatch, capsys):
-    """Untrained twins with two snapshots each: every part runs (step timing, the curves, the speed)."""
+    """Untrained models (f = 1, 2, 4, 8) with two snapshots each: every part runs (step timing, the
+    curves, the equal-budget sweep, the speed)."""
     report = written(smoke("latent_vs_pixel.py", tmp_path, monkeypatch) / "latent_vs_pixel.json")
-    assert set(report["curves"]) == {"latent", "pixel"} and all(len(c) == 2 for c in report["curves"].values())
-    assert report["curves"]["pixel"][1]["seconds"] == pytest.approx(2 * report["seconds_per_step"]["pixel"], abs=0.1)
-    assert report["pixel_best"]["fid"] == min(r["fid"] for r in report["curves"]["pixel"])
-    assert report["sampling_speedup"] == pytest.approx(
-        report["pictures_per_s"]["latent"] / report["pictures_per_s"]["pixel"])
+    f = ["1", "2", "4", "8"]
+    assert list(report["curves"]) == f and all(len(c) == 2 for c in report["curves"].values())
+    assert report["curves"]["1"][1]["seconds"] == pytest.approx(2 * report["seconds_per_step"]["1"], abs=0.1)
+    assert report["pixel_best"]["fid"] == min(r["fid"] for r in report["curves"]["1"])
+    assert report["sampling_speedup"] == pytest.approx(report["pictures_per_s"]["8"] / report["pictures_per_s"]["1"])
+    budget = report["budget_seconds"]
+    assert budget == min(c[-1]["seconds"] for c in report["curves"].values())
+    assert all(report["sweep"][k]["seconds"] <= budget for k in f) and report["sweep"]["8"]["fid"] is not None
+    assert report["sweep"]["1"]["autoencoder_keeps"]["all_correct"] == 1.0
 
 
 CHECKS = {"sampling_speed.py": check_sampling_speed, "latent_vs_pixel.py": check_latent_vs_pixel,

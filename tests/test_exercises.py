@@ -32,6 +32,7 @@ WRONG_SHAPES = {
                      .square(), "the loss is one number"),
     "psnr_per_image": (lambda r, x: 10 * torch.log10(4 / (r - x).square().mean()), ".flatten(1).mean(1)"),
     "kl_divergence": (lambda m, lv: 0.5 * (m ** 2 + lv.exp() - lv - 1).sum(), ".flatten(1).sum(1)"),
+    "scaling_factor": (lambda z: 1 / z.std(dim=(0, 2, 3)), ".std() of the whole tensor"),
 }
 
 
@@ -122,3 +123,8 @@ def test_wrong_shape_is_explained(capsys):
 def test_add_noise_keeps_unit_variance():
     x, noise = torch.randn(100_000), torch.randn(100_000)
     assert abs(solutions.add_noise(x, noise, 0.4).var().item() - 1) < 0.02
+
+
+def test_the_scaling_factor_gives_latents_unit_spread():
+    latents = torch.randn(200, 4, 8, 8, generator=torch.Generator().manual_seed(0)) * 5.5 + 0.3
+    assert abs((solutions.scaling_factor(latents) * latents).std().item() - 1) < 1e-4

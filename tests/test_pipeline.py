@@ -67,7 +67,8 @@ def test_guidance_is_the_mix_of_a_conditional_and_an_unconditional_call(conditio
     by_hand = convert_prediction(off + w * (on - off), x_t, alpha_bar, "epsilon", "sample")
     with torch.no_grad():
         guided = samplers.model_denoiser(model, cond, uncond, guidance_scale=w)(x, sigma)
-    torch.testing.assert_close(guided, by_hand, atol=1e-5, rtol=1e-4)
+    # float32 rounding of a batch of 4 against two of 2, times w + 1 = 5 and σ = 2.5 on the way to x̂_0
+    torch.testing.assert_close(guided, by_hand, atol=1e-4, rtol=1e-4)
     assert not torch.allclose(on, off)  # the condition matters, so the test can fail
 
 

@@ -1,4 +1,4 @@
-"""Self-checking exercises of chapters 00–04 and 06: ``check_<name>(fn)`` runs a student's function on
+"""Self-checking exercises of chapters 00–04, 06 and 07: ``check_<name>(fn)`` runs a student's function on
 test cases against minidiff's own implementation and prints one clear verdict (``checks.verdict``); it
 returns True only when every case passes.
 
@@ -20,6 +20,7 @@ from minidiff.course.checks import Mistake, random_batch, verdict, x0_estimate
 from minidiff.diffusion.loss import at_step, q_sample
 from minidiff.diffusion.samplers import to_d
 from minidiff.diffusion.schedules import cosine_schedule, linear_schedule
+from minidiff.latents import measure_scaling_factor
 from minidiff.metrics import psnr_per_image
 from minidiff.models.autoencoder import kl_divergence, reparameterize
 from minidiff.models.gan import discriminator_loss, generator_loss
@@ -168,6 +169,23 @@ def check_euler_step(fn) -> bool:
     return _check("euler_step", fn, cases)
 
 
+# ----------------------------------------------------------------------------- chapter 07
+
+def check_scaling_factor(fn) -> bool:
+    """``fn(latents)``: latent diffusion's scaling factor (chapter 07), s = 1 / std of the latents, one
+    number over every number of every latent, so that s·z has unit spread (a 0-dimensional tensor)."""
+    g = torch.Generator().manual_seed(9)
+    wide = 2.0 * torch.randn(500, 4, 8, 8, generator=g)
+    channels = (torch.randn(500, 4, 8, 8, generator=g) * torch.tensor([1.6, 1.7, 1.0, 1.3]).reshape(1, 4, 1, 1)
+                + torch.tensor([0.5, 0.3, -0.2, 0.4]).reshape(1, 4, 1, 1))  # spread and means like real latents
+    cases = [((wide,), torch.tensor(measure_scaling_factor(wide)),
+              "latents twice as spread out as unit noise need s = 1 / std ≈ ½"),
+             ((channels,), torch.tensor(measure_scaling_factor(channels)),
+              "one standard deviation over every number of every latent, all channels together, around their mean")]
+    return _check("scaling_factor", fn, cases, "the scaling factor is one number: take .std() of the whole tensor "
+                                                "(no dim), then 1 / it")
+
+
 
 # ----------------------------------------------------------------------------- the mistakes students make
 
@@ -224,4 +242,13 @@ MISTAKES = {  # what students get wrong in each exercise, and the hint for it
                 "x_next = x + slope · (σ' − σ), and σ' − σ is negative: the step goes down in noise"),
         Mistake("you scaled by the variances", lambda x, s, sn, d: d + (x - d) * (sn / s) ** 2,
                 "the slope is (x − denoised)/σ; one Euler step moves x by slope · (σ' − σ), linear in σ")],
+    "scaling_factor": [
+        Mistake("you returned the standard deviation itself", lambda z: z.std(),
+                "s is what the latents are multiplied by to get unit spread: 1 / std, not std"),
+        Mistake("you divided by the variance", lambda z: 1 / z.var(),
+                "the variance is std²; with s = 1 / std, s·z has variance s²·std² = 1"),
+        Mistake("you averaged the channels' own standard deviations", lambda z: 1 / z.std(dim=(0, 2, 3)).mean(),
+                "take one std over every number together: the channels' different means are part of the spread"),
+        Mistake("you measured the spread around 0, not around the mean", lambda z: 1 / z.square().mean().sqrt(),
+                "the standard deviation is measured around the mean: √(mean of z²) counts the mean as spread")],
 }

@@ -175,3 +175,27 @@ question("fresh_noise", options={
 }, answer="b", why="The ODE solvers follow the network's answers faithfully, errors included, to the end; a "
    "stochastic sampler throws part of the picture away at every step and draws it afresh, which washes the "
    "network's small errors out. On large, well-trained networks the two families meet.")
+
+# ----------------------------------------------------------------------------- chapter 07
+
+question("latent_loses_first", options={
+    "a": "a colour fills whole latent cells: dozens of the 256 numbers carry it, so a small error in one of "
+         "them hardly moves it. Look at the bars: which attribute is not at 100 %?",
+    "b": "the outline is the finest thing in the picture, but look at the bars: another attribute is read "
+         "wrong more often",
+    "c": "the position is where the cells stop looking like the background: many cells agree on it, so it "
+         "survives. Look at the bars: which attribute is not at 100 %?",
+}, why="A shape is told apart by its outline alone, and the outline of a small shape runs through one or two "
+   "latent cells: the decoder redraws it from a handful of numbers and rounds the corners off first — the "
+   "zoom below shows where.")
+
+question("unscaled_half_noised", options={
+    "a": "more than half signal needs latents spread wider than the noise (std > 1); these are narrower — read "
+         "the std printed above",
+    "b": "exactly half holds only for data of unit spread, which is what the scaling factor is for: without "
+         "it the signal's variance at ᾱ = ½ is ½·std², against ½ of noise",
+    "c": "less than half signal needs latents narrower than the noise (std < 1); these spread wider — read the "
+         "std printed above",
+}, why="At ᾱ_t = ½ the signal's variance is ½·std² and the noise's ½: the schedule's 'half-noised' is half only "
+   "when std = 1. Without s every step of the schedule means another noise level than the one it was planned "
+   "for — the curves below show by how much.")

@@ -110,3 +110,11 @@ def ddim_step(x_t, t, t_prev, epsilon, alphas_cumprod):
 def euler_step(x, sigma, sigma_next, denoised):
     """One Euler step of the probability-flow ODE in σ-space: x + (x − D)/σ · (σ' − σ)."""
     return x + (x - denoised) / sigma * (sigma_next - sigma)
+
+
+# ----------------------------------------------------------------------------- chapter 07
+
+def scaling_factor(latents):
+    """s = 1 / std of every number of every latent: 1 / √(Σ (z − z̄)² / (N − 1))."""
+    centred = latents - latents.mean()
+    return 1 / (centred.square().sum() / (latents.numel() - 1)).sqrt()

@@ -22,7 +22,7 @@ CHAPTERS = {
     "06": "samplers", "07": "latent diffusion", "08": "CLIP", "09": "text-to-image",
     "10": "img2img & inpainting", "11": "ControlNet", "12": "fine-tuning & LoRA",
 }
-BUILT_CHAPTERS = frozenset({"00", "01", "02", "03", "04", "05", "06"})  # the notebooks in chapters/ today
+BUILT_CHAPTERS = frozenset({"00", "01", "02", "03", "04", "05", "06", "07"})  # the notebooks in chapters/ today
 
 BUILT_COLOUR, COMING_COLOUR = "tab:green", "0.55"
 LINE, CHAR = 0.45, 0.22  # a line of a box's words: its height, and the width of a letter (drawing units)
@@ -45,9 +45,8 @@ SYSTEM = [  # the pipeline along the top, what trains and steers it along the bo
     Box("text_encoder", "tokenizer +\ntext encoder (CLIP)", (5.2, 7), (5, 6.2), ("05", "08"),
         "today: the label's learned vector"),
     Box("loop", "denoising loop (in latent space)\nU-Net steps · the prompt by cross-attention · guidance",
-        (11, 7), (14.6, 6.2), ("04", "05", "06", "07", "09"), "today: in pixels, guided by a label"),
-    Box("decoder", "VAE decoder\nlatent → pixels", (26.4, 7), (5, 6.2), ("02", "07"),
-        "today: the shapes VAE alone"),
+        (11, 7), (14.6, 6.2), ("04", "05", "06", "07", "09"), "today: in pixels or latents, guided by a label"),
+    Box("decoder", "VAE decoder\nlatent → pixels", (26.4, 7), (5, 6.2), ("02", "07")),
     Box("picture", "picture", (32.2, 7), (3.8, 6.2), ("05",)),
     Box("training", "training: a real picture + noise at\na random step; the U-Net learns\nto predict the noise",
         (0, 0), (10.2, 5.8), ("04", "05")),
