@@ -103,14 +103,19 @@ def digits_corpus() -> list[str]:
     return [text for digit in range(10) for text in all_digit_captions(digit)]
 
 
+def trim_padding(ids: torch.Tensor, pad_id: int) -> torch.Tensor:
+    """Token ids (B, L) cut to as many columns as the longest caption needs: padding after ``<end>``
+    changes no embedding (the text tower is causal, or averages the real tokens only), and the
+    transformer's cost grows with the length."""
+    return ids[:, :int((ids != pad_id).sum(1).max())]
+
+
 class CaptionedPictures(torch.utils.data.Dataset):
     """Every (picture, wording) pair as one item, each picture stored once: item k is picture k // W
     in wording k % W, as {"image", "ids", "group"}. ``groups`` (N,) gives each picture's caption group
     and ``texts`` {group: its W captions} the captions, tokenized once to ``context_length``.
 
-    A batch (``take``) keeps only as many token columns as its longest caption needs: padding after
-    ``<end>`` changes no embedding (the text tower is causal, or averages the real tokens only), and
-    the transformer's cost grows with the length."""
+    A batch (``take``) keeps only as many token columns as its longest caption needs (``trim_padding``)."""
 
     def __init__(self, images: torch.Tensor, groups: torch.Tensor, texts: dict, tokenizer: Tokenizer,
                  context_length: int):
@@ -134,8 +139,7 @@ class CaptionedPictures(torch.utils.data.Dataset):
 
     def take(self, indices: torch.Tensor) -> dict:
         picture, wording = indices // self.wordings, indices % self.wordings
-        ids = self.ids[self.rows[picture], wording]
-        ids = ids[:, :int((ids != self.pad_id).sum(1).max())]
+        ids = trim_padding(self.ids[self.rows[picture], wording], self.pad_id)
         return {"image": self.images[picture], "ids": ids, "group": self.groups[picture]}
 
 
@@ -205,8 +209,7 @@ def embed_texts(model: CLIP, tokenizer: Tokenizer, texts, batch_size: int = 512)
     model.eval()
     texts, out = list(texts), []
     for start in range(0, len(texts), batch_size):
-        ids = tokenizer(texts[start:start + batch_size], model.config.context_length)
-        ids = ids[:, :int(tokenizer.padding_mask(ids).sum(1).max())]
+        ids = trim_padding(tokenizer(texts[start:start + batch_size], model.config.context_length), tokenizer.pad_id)
         out.append(model.encode_text(ids.to(_device(model))).float().cpu())
     return torch.cat(out)
 
@@ -225,21 +228,22 @@ def combination_embeddings(model: CLIP, tokenizer: Tokenizer, language: str = "e
 
 
 def read_attributes(model: CLIP, tokenizer: Tokenizer, images: torch.Tensor, language: str = "en",
-                    captions: torch.Tensor | None = None) -> torch.Tensor:
+                    captions: torch.Tensor | None = None, u: torch.Tensor | None = None) -> torch.Tensor:
     """(N, 5) attribute labels read off the best-scoring caption among all 3,456 attribute tuples'
-    (``captions``: their ``combination_embeddings``, if already computed)."""
+    (``captions``: their ``combination_embeddings``, and ``u``: the pictures' ``embed_images``, if
+    already computed)."""
     captions = combination_embeddings(model, tokenizer, language) if captions is None else captions
-    u = embed_images(model, images)
+    u = embed_images(model, images) if u is None else u
     best = torch.cat([(chunk @ captions.T).argmax(1) for chunk in u.split(1024)])
     return COMBINATION_LABELS[best]
 
 
 def zero_shot_shapes(model: CLIP, tokenizer: Tokenizer, images: torch.Tensor, attributes, language: str = "en",
-                     captions: torch.Tensor | None = None) -> dict:
+                     captions: torch.Tensor | None = None, u: torch.Tensor | None = None) -> dict:
     """Zero-shot reading of pictures with known ``attributes``: the share read right per attribute,
     with every attribute right (``all_correct``), and with shape, colour and background right
     (``composition``, the exact-composition figure for the held-out compositions)."""
-    right = read_attributes(model, tokenizer, images, language, captions) == attribute_labels(attributes)
+    right = read_attributes(model, tokenizer, images, language, captions, u) == attribute_labels(attributes)
     return {"accuracy": {name: right[:, k].float().mean().item() for k, name in enumerate(ATTRIBUTES)},
             "all_correct": right.all(1).float().mean().item(),
             "composition": right[:, :3].all(1).float().mean().item()}
@@ -255,13 +259,14 @@ def recall_at(scores: torch.Tensor, hits: torch.Tensor, ks=(1, 5)) -> dict:
 
 
 def retrieval(model: CLIP, tokenizer: Tokenizer, images: torch.Tensor, attributes, language: str = "en",
-              ks=(1, 5)) -> dict:
+              ks=(1, 5), u: torch.Tensor | None = None) -> dict:
     """Retrieval over N (picture, evaluation caption) pairs, both ways: each picture looks for its
     caption among the N captions (``image_to_text``) and each caption for its picture. Captions repeat,
     so any item whose attributes all equal the query's counts as found."""
     labels = attribute_labels(attributes)
     same = (labels[:, None] == labels[None]).all(-1)  # (N, N)
-    scores = embed_images(model, images) @ embed_texts(model, tokenizer, [eval_caption(a, language)
+    u = embed_images(model, images) if u is None else u
+    scores = u @ embed_texts(model, tokenizer, [eval_caption(a, language)
                                                                           for a in attributes]).T
     return {"image_to_text": recall_at(scores, same, ks), "text_to_image": recall_at(scores.T, same.T, ks)}
 
@@ -271,11 +276,12 @@ def swap_colours(attributes: dict) -> dict:
     return {**attributes, "color": attributes["background"], "background": attributes["color"]}
 
 
-def binding(model: CLIP, tokenizer: Tokenizer, images: torch.Tensor, attributes, language: str = "en") -> float:
+def binding(model: CLIP, tokenizer: Tokenizer, images: torch.Tensor, attributes, language: str = "en",
+            u: torch.Tensor | None = None) -> float:
     """The share of pictures whose true caption scores above the same caption (same wording) with the
     two colours swapped, "a red circle against a blue background" against "a blue circle against a
     red background". A model that only knows which words occur scores both alike: a tie, a miss."""
-    u = embed_images(model, images)
+    u = embed_images(model, images) if u is None else u
     true = embed_texts(model, tokenizer, [eval_caption(a, language) for a in attributes])
     swapped = embed_texts(model, tokenizer, [eval_caption(swap_colours(a), language) for a in attributes])
     return (((u * true).sum(1) - (u * swapped).sum(1)) > TIE).float().mean().item()
@@ -298,15 +304,16 @@ def measure_shapes_clip(model: CLIP, tokenizer: Tokenizer, n: int = TEST_PICTURE
     test = ShapesDataset(n, seed=TEST_SEED, size=SIZE, compositions="train")
     held = ShapesDataset(n, seed=TEST_SEED, size=SIZE, compositions="held_out")
     report = {"zero_shot": {}, "held_out": {}, "retrieval": {}, "binding": {}}
+    u_test, u_held = embed_images(model, test.images), embed_images(model, held.images)  # both languages read them
     for language in LANGUAGES:
         captions = combination_embeddings(model, tokenizer, language)
         report["zero_shot"][language] = zero_shot_shapes(model, tokenizer, test.images, test.attributes,
-                                                         language, captions)
+                                                         language, captions, u_test)
         report["held_out"][language] = zero_shot_shapes(model, tokenizer, held.images, held.attributes,
-                                                        language, captions)
+                                                        language, captions, u_held)
         report["retrieval"][language] = retrieval(model, tokenizer, test.images[:pairs], test.attributes[:pairs],
-                                                  language)
-        report["binding"][language] = binding(model, tokenizer, test.images, test.attributes, language)
+                                                  language, u=u_test[:pairs])
+        report["binding"][language] = binding(model, tokenizer, test.images, test.attributes, language, u_test)
         if language == "en":
             big = ShapesDataset(n, seed=TEST_SEED, size=2 * SIZE, compositions="train")
             report["zero_shot_64px"] = zero_shot_shapes(model, tokenizer, big.images, big.attributes,
@@ -339,6 +346,27 @@ def _sizes(model: CLIP) -> dict:
     return {"parameters": total, "image_parameters": image, "text_parameters": total - image}
 
 
+def _train_clip(name: str, model: CLIP, data: CaptionedPictures, tokenizer: Tokenizer, steps: int, fast: bool,
+                device: str, **augment):
+    """What the CLIP recipes share: batch 256, AdamW 1e-3 with warm-up and cosine decay, EMA, filler
+    tokens (``augmented_clip_loss``, with ``augment``'s other options); returns (EMA model, result)."""
+    config = recipe_config(name, fast, device, steps=steps, batch_size=32 if fast else 256, lr=1e-3,
+                           weight_decay=0.05, warmup_steps=10 if fast else 200, ema_decay=0.999)
+    loss = functools.partial(augmented_clip_loss, fillers=unused_tokens(data, tokenizer), **augment)
+    result = train(model, loss, data, config, resume=True)
+    return result.ema.cpu().eval(), result
+
+
+def _finish_clip(name: str, model: CLIP, tokenizer: Tokenizer, result, fast: bool, note: str, metrics: dict,
+                 steps: int, default_steps: int, better: str) -> dict:
+    """Sizes, vocabulary and loss curve beside ``metrics``; the weights saved with their tokenizer."""
+    metrics = {**_sizes(model), "vocab_size": tokenizer.vocab_size, **metrics,
+               "loss_curve": [[h["step"], round(h["loss"], 4)] for h in result.history]}
+    options = f" --steps {steps}" if steps != default_steps else ""
+    return finish(model, name, result, fast, note, metrics, options, better=(better, "higher"),
+                  companions={"tokenizer.json": tokenizer.save})
+
+
 SHAPES_STEPS = 2500
 
 
@@ -354,20 +382,13 @@ def _clip_shapes(name: str, text_tower: str, fast: bool = False, device: str = "
     pictures = ShapesDataset(64 if fast else TRAIN_PICTURES, seed=TRAIN_SEED, size=SIZE, compositions="train")
     data = shapes_training_set(pictures, tokenizer, model.config.context_length)
     steps = steps or SHAPES_STEPS
-    config = recipe_config(name, fast, device, steps=steps, batch_size=32 if fast else 256, lr=1e-3,
-                           weight_decay=0.05, warmup_steps=10 if fast else 200, ema_decay=0.999)
-    loss = functools.partial(augmented_clip_loss, fillers=unused_tokens(data, tokenizer))
-    result = train(model, loss, data, config, resume=True)
-    model = result.ema.cpu().eval()
-    metrics = {**_sizes(model), "vocab_size": tokenizer.vocab_size,
-               **measure_shapes_clip(model, tokenizer, 24 if fast else TEST_PICTURES, 24 if fast else RETRIEVAL_PAIRS),
-               "loss_curve": [[h["step"], round(h["loss"], 4)] for h in result.history]}
+    model, result = _train_clip(name, model, data, tokenizer, steps, fast, device)
+    metrics = measure_shapes_clip(model, tokenizer, 24 if fast else TEST_PICTURES, 24 if fast else RETRIEVAL_PAIRS)
     note = (f"{len(pictures):,} shapes renders (seed {TRAIN_SEED}, training compositions, {SIZE} px) × "
             f"{data.wordings} training wordings (English and Chinese); measured with the evaluation wordings on "
             f"test renders (seed {TEST_SEED}) of the training and of the held-out compositions")
-    options = f" --steps {steps}" if steps != SHAPES_STEPS else ""
-    return finish(model, name, result, fast, note, metrics, options, better=("held_out_composition", "higher"),
-                  companions={"tokenizer.json": tokenizer.save})
+    return _finish_clip(name, model, tokenizer, result, fast, note, metrics, steps, SHAPES_STEPS,
+                        "held_out_composition")
 
 
 RECIPES.register(functools.partial(_clip_shapes, "clip_shapes", "transformer"), name="clip_shapes")
@@ -389,19 +410,12 @@ def clip_mnist(fast: bool = False, device: str = "auto", steps: int | None = Non
     images, labels = mnist_dataset("train", limit=256 if fast else None).tensors
     data = digits_training_set(images, labels, tokenizer, model.config.context_length)
     steps = steps or DIGITS_STEPS
-    config = recipe_config("clip_mnist", fast, device, steps=steps, batch_size=32 if fast else 256, lr=1e-3,
-                           weight_decay=0.05, warmup_steps=10 if fast else 200, ema_decay=0.999)
-    loss = functools.partial(augmented_clip_loss, fillers=unused_tokens(data, tokenizer), max_shift=2)
-    result = train(model, loss, data, config, resume=True)
-    model = result.ema.cpu().eval()
+    model, result = _train_clip("clip_mnist", model, data, tokenizer, steps, fast, device, max_shift=2)
     test_images, test_labels = mnist_dataset("test", limit=200 if fast else None).tensors
-    metrics = {**_sizes(model), "vocab_size": tokenizer.vocab_size,
-               "zero_shot": {language: zero_shot_digits(model, tokenizer, test_images, test_labels, language)
-                             for language in LANGUAGES},
-               "loss_curve": [[h["step"], round(h["loss"], 4)] for h in result.history]}
-    metrics["zero_shot_accuracy"] = min(metrics["zero_shot"].values())
+    zero_shot = {language: zero_shot_digits(model, tokenizer, test_images, test_labels, language)
+                 for language in LANGUAGES}
+    metrics = {"zero_shot": zero_shot, "zero_shot_accuracy": min(zero_shot.values())}
     note = (f"MNIST train ({len(images):,} digits, data/mnist) × {data.wordings} training wordings (English and "
             f"Chinese); zero-shot on MNIST test ({len(test_images):,}) with the evaluation wordings")
-    options = f" --steps {steps}" if steps != DIGITS_STEPS else ""
-    return finish(model, "clip_mnist", result, fast, note, metrics, options, better=("zero_shot_accuracy", "higher"),
-                  companions={"tokenizer.json": tokenizer.save})
+    return _finish_clip("clip_mnist", model, tokenizer, result, fast, note, metrics, steps, DIGITS_STEPS,
+                        "zero_shot_accuracy")
