@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from minidiff.course import exercises, sampling_exercises, solutions
+from minidiff.course import clip_exercises, exercises, sampling_exercises, solutions
 
-MODULES = (exercises, sampling_exercises)
+MODULES = (exercises, sampling_exercises, clip_exercises)
 CHECKS = {name[len("check_"):]: fn for module in MODULES for name, fn in inspect.getmembers(module, inspect.isfunction)
           if name.startswith("check_")}
 MISTAKES = {name: mistake for module in MODULES for name, mistake in module.MISTAKES.items()}
@@ -33,6 +33,9 @@ WRONG_SHAPES = {
     "psnr_per_image": (lambda r, x: 10 * torch.log10(4 / (r - x).square().mean()), ".flatten(1).mean(1)"),
     "kl_divergence": (lambda m, lv: 0.5 * (m ** 2 + lv.exp() - lv - 1).sum(), ".flatten(1).sum(1)"),
     "scaling_factor": (lambda z: 1 / z.std(dim=(0, 2, 3)), ".std() of the whole tensor"),
+    "similarity_matrix": (lambda u, w: F.cosine_similarity(u, w, dim=1), "every pair, not only the matching ones"),
+    "info_nce": (lambda s, a: F.cross_entropy(a * s, torch.arange(len(s)), reduction="none"), "the loss is one number"),
+    "zero_shot": (lambda u, w: (u @ w.T).argmax(dim=1, keepdim=True), ".argmax(dim=1) along each row"),
 }
 
 
@@ -74,7 +77,8 @@ def test_an_unknown_mistake_gets_the_hint_of_the_case_it_fails(name, capsys):
 
 
 def test_the_checks_do_not_import_the_answers():
-    code = ("import sys; import minidiff.course.exercises, minidiff.course.sampling_exercises; "
+    code = ("import sys; import minidiff.course.exercises, minidiff.course.sampling_exercises, "
+            "minidiff.course.clip_exercises; "
             "print('minidiff.course.solutions' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
 

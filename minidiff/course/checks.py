@@ -4,8 +4,9 @@ one clear line — ✓, ✗ with the hint for the mistake it made, or … when i
 A wrong answer gets the hint for *its* mistake: each check lists the mistakes students make
 (``Mistake``: what it is, an answer that makes it, what to change), and when an answer gives exactly
 what one of them gives, the verdict names it; an answer wrong in some other way gets the hint of the
-case it fails. The checks themselves are in ``exercises`` (chapters 00–04, 06 and 07) and
-``sampling_exercises`` (chapter 05: the training loss, the DDPM step and the sampling loop).
+case it fails. The checks themselves are in ``exercises`` (chapters 00–04, 06 and 07),
+``sampling_exercises`` (chapter 05: the training loss, the DDPM step and the sampling loop) and
+``clip_exercises`` (chapter 08: the similarity matrix, the InfoNCE loss and zero-shot reading).
 """
 from dataclasses import dataclass
 

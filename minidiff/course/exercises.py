@@ -8,7 +8,7 @@ which reports "not done yet" instead of crashing, so the notebook always runs to
 The expected values come from the library (the mosaic from ``minidiff.course.article``, q_sample from
 ``minidiff.diffusion``, …); the reference answers a teacher hands out are written out, independently,
 in ``minidiff.course.solutions``, which no chapter imports, and the tests run them through these checks.
-Chapter 05's exercises are in ``sampling_exercises``.
+Chapter 05's exercises are in ``sampling_exercises``, chapter 08's in ``clip_exercises``.
 """
 import math
 

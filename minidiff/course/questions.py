@@ -199,3 +199,47 @@ question("unscaled_half_noised", options={
 }, why="At ᾱ_t = ½ the signal's variance is ½·std² and the noise's ½: the schedule's 'half-noised' is half only "
    "when std = 1. Without s every step of the schedule means another noise level than the one it was planned "
    "for — the curves below show by how much.")
+
+# ----------------------------------------------------------------------------- chapter 08
+
+question("bow_binding", options={
+    "a": "both towers learned from the same pictures and captions, so the same score is tempting — but the bag "
+         "of words only averages the caption's token embeddings, and the two captions hold the same tokens. "
+         "Compare the bag of words' two cosines under each picture: what is left of the order once it averages?",
+    "b": "half is what a coin toss scores, and a coin needs the two scores to differ a little, one way or the "
+         "other. Look at the bag of words' two cosines under each picture: they are equal, and a tie counts as "
+         "a miss",
+    "c": "the swapped caption holds the very same tokens, so its mean should be the same and every picture tie; "
+         "if the measurement says otherwise, print the two captions' token ids: the tower sees nothing but them",
+}, why="The bag of words is blind to order: 'a red circle against a blue background' and 'a blue circle against "
+   "a red background' hold the same tokens, so they have the same mean, the same embedding and the same score "
+   "on every picture — a tie each time, 0 %, not the coin toss's 50 %, which would need some difference to "
+   "break the ties. The transformer knows where each word stands (a position embedding on every token, read in "
+   "order by its causal attention), so 'red' before 'circle' and 'red' before 'background' differ to it: it "
+   "can bind each colour to its object.")
+
+question("temperature_sharpens", options={
+    "a": "dividing by a smaller τ multiplies every score by a larger 1/τ: the gaps between the scores grow, and "
+         "the softmax turns gaps into ratios e^(gap/τ). Compute one row's softmax at 1/τ = 14.3 and at 100 and "
+         "compare the largest weight",
+    "b": "(the right answer)",
+    "c": "the order is kept, so the argmax — the caption CLIP picks — is the same; but a softmax is not "
+         "scale-invariant: the ratio of two weights is e^((s_i − s_j)/τ), which depends on τ. Only adding the "
+         "same number to every score leaves a softmax unchanged",
+}, answer="b", why="Two captions' weights stand in the ratio e^((s_i − s_j)/τ): a smaller τ stretches every gap, "
+   "so the best caption takes nearly all the weight. Cosines alone are too close together for a softmax: at "
+   "1/τ = 1, a caption at cosine 1 among 255 at −1 would get under 3 % of the weight. Learning τ lets training "
+   "choose how sharp the matching game is, and the cap at 1/τ = 100 keeps the logits from growing until "
+   "training becomes unstable.")
+
+question("clip_at_generation", options={
+    "a": "CLIP learned from pictures but keeps none of them: its weights are far too few numbers to store its "
+         "training set, and the denoiser starts every picture from pure noise. Nothing is looked up",
+    "b": "(the right answer)",
+    "c": "CLIP's text tower draws nothing: its output is one vector per token, numbers with no pixels. The first "
+         "rough picture is the denoiser's own early steps from pure noise (chapters 05–06); CLIP's vectors "
+         "reach it at every step",
+}, answer="b", why="At generation Stable Diffusion runs only CLIP's text tower: it turns the prompt into one "
+   "vector per token (77 × 768 numbers in Stable Diffusion 1.x), and the denoiser reads them through "
+   "cross-attention at every step of the sampling loop, so the prompt steers how the noise is taken away. "
+   "CLIP's image tower is not used at all, and no picture is looked up: every picture is drawn from noise.")

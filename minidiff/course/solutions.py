@@ -118,3 +118,27 @@ def scaling_factor(latents):
     """s = 1 / std of every number of every latent: 1 / √(Σ (z − z̄)² / (N − 1))."""
     centred = latents - latents.mean()
     return 1 / (centred.square().sum() / (latents.numel() - 1)).sqrt()
+
+
+# ----------------------------------------------------------------------------- chapter 08
+
+def similarity_matrix(image_embeddings, text_embeddings):
+    """S_ij = u_i · w_j / (‖u_i‖ ‖w_j‖): each picture (a row) against each caption (a column), cosines."""
+    u = image_embeddings / image_embeddings.norm(dim=1, keepdim=True)
+    w = text_embeddings / text_embeddings.norm(dim=1, keepdim=True)
+    return u @ w.T
+
+
+def info_nce(similarities, inverse_temperature):
+    """CLIP's symmetric InfoNCE loss with logits L = (1/τ) · S and the pairs on the diagonal:
+    −(1/2N) Σ_i [log softmax_j(L_i·)_i + log softmax_j(L_·i)_i], each picture picking its caption
+    along its row and each caption its picture down its column."""
+    logits = inverse_temperature * similarities
+    pictures_pick = logits.log_softmax(dim=1).diagonal()
+    captions_pick = logits.log_softmax(dim=0).diagonal()
+    return -(pictures_pick.mean() + captions_pick.mean()) / 2
+
+
+def zero_shot(image_embeddings, prompt_embeddings):
+    """Each picture's best prompt, argmax_k u_i · w_k: for unit vectors the dot product is the cosine."""
+    return (image_embeddings @ prompt_embeddings.T).argmax(dim=1)
