@@ -136,7 +136,8 @@ def load_coco_subset(path):
     """
     path = Path(path)
     if not path.exists():
-        raise DataError(f"{path} is missing. Make it with minidiff.datasets.coco.build_coco_subset(*fetch_coco()).")
+        raise DataError(f"{path} is missing. Make it with `python -m minidiff data coco` (or "
+                        "minidiff.datasets.coco.build_coco_subset(*fetch_coco()) for another split or size).")
     try:
         with safe_open(path, framework="np") as f:
             metadata = f.metadata() or {}

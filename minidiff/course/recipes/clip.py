@@ -347,10 +347,11 @@ def _sizes(model: CLIP) -> dict:
 
 
 def _train_clip(name: str, model: CLIP, data: CaptionedPictures, tokenizer: Tokenizer, steps: int, fast: bool,
-                device: str, **augment):
-    """What the CLIP recipes share: batch 256, AdamW 1e-3 with warm-up and cosine decay, EMA, filler
-    tokens (``augmented_clip_loss``, with ``augment``'s other options); returns (EMA model, result)."""
-    config = recipe_config(name, fast, device, steps=steps, batch_size=32 if fast else 256, lr=1e-3,
+                device: str, fast_batch: int = 32, **augment):
+    """What the CLIP recipes share: batch 256 (``fast_batch`` in a fast run), AdamW 1e-3 with warm-up and
+    cosine decay, EMA, filler tokens (``augmented_clip_loss``, with ``augment``'s other options); returns
+    (EMA model, result)."""
+    config = recipe_config(name, fast, device, steps=steps, batch_size=fast_batch if fast else 256, lr=1e-3,
                            weight_decay=0.05, warmup_steps=10 if fast else 200, ema_decay=0.999)
     loss = functools.partial(augmented_clip_loss, fillers=unused_tokens(data, tokenizer), **augment)
     result = train(model, loss, data, config, resume=True)
