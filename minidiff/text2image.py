@@ -1,0 +1,94 @@
+"""Text to image: the article's whole pipeline, from a typed sentence to a picture.
+
+    prompt ──tokenizer──→ ids ──CLIP text tower (frozen)──→ per-token states c (L × D) ─┐ cross-attention
+    noise z_T ──sampler(U-Net ε/v(z_t, t | c), guided)──→ z_0 ──autoencoder's decoder──→ picture
+
+Nothing here is a second pipeline: ``PromptEncoder`` turns prompts into the ``cond`` mapping the U-Net
+reads (``{"context": c, "context_mask": m}``), and ``text_to_image`` hands it, with the negative
+prompt's as ``uncond``, to ``minidiff.diffusion.pipeline.generate``. Classifier-free guidance mixes
+the two predictions at every step,
+
+    ε̂ = ε(z_t | ∅) + s · (ε(z_t | c) − ε(z_t | ∅)),     s = ``guidance_scale`` (s = 1: no guidance),
+
+where ∅ is the empty prompt's context — or a negative prompt's, which the picture is then pushed away
+from. (Imagen writes the same thing with w = s − 1: ε̂ = (1 + w) ε(z_t | c) − w ε(z_t | ∅).) One network
+knows both because training replaced about 10 % of the captions with the empty prompt.
+"""
+import torch
+
+from minidiff.diffusion.pipeline import generate
+from minidiff.files import DataError
+from minidiff.latents import load_denoiser
+from minidiff.models.clip import CLIP
+from minidiff.models.tokenizer import Tokenizer
+from minidiff.weights import load_clip, read_manifest
+
+
+class PromptEncoder:
+    """A CLIP's text tower and its tokenizer, frozen: prompts → the U-Net's text condition.
+
+    ``encoder(["a red circle", "一个红色圆形"])`` gives ``{"context": (B, L, D), "context_mask": (B, L)}``
+    with L the longest prompt's tokens (padding after ``<end>`` is masked out of the cross-attention).
+    A prompt longer than the CLIP's context is cut, with one warning (the tokenizer's rule)."""
+
+    def __init__(self, clip: CLIP, tokenizer: Tokenizer):
+        self.clip, self.tokenizer = clip.eval().requires_grad_(False), tokenizer
+
+    @property
+    def width(self) -> int:
+        return self.clip.config.text_width
+
+    def ids(self, prompts) -> torch.Tensor:
+        """Token ids (B, L), cut to the longest prompt's length."""
+        ids = self.tokenizer(prompts, self.clip.config.context_length)
+        return ids[:, :int((ids != self.tokenizer.pad_id).sum(1).max())]
+
+    @torch.no_grad()
+    def states(self, ids: torch.Tensor) -> dict:
+        device = next(self.clip.parameters()).device
+        if device != ids.device:
+            self.clip.to(ids.device)
+        context, mask = self.clip.text_states(ids)
+        return {"context": context, "context_mask": mask}
+
+    def __call__(self, prompts) -> dict:
+        return self.states(self.ids(prompts))
+
+    def pair(self, prompts, negative_prompt: str = "") -> tuple[dict, dict]:
+        """(cond, uncond) for guidance: the prompts' contexts and the negative prompt's (the empty
+        prompt's by default), encoded together so both have the same number of tokens."""
+        both = self([*prompts, negative_prompt])
+        return ({k: v[:-1] for k, v in both.items()}, {k: v[-1:] for k, v in both.items()})
+
+
+def load_text_to_image(name: str, directory=None):
+    """A shipped text-to-image model: ``(model, decode, encoder)`` — the U-Net, its autoencoder's
+    decoder (``load_denoiser``) and the ``PromptEncoder`` of the CLIP its manifest entry names, only if
+    that CLIP is the very one it was trained with (same sha256)."""
+    model, decode = load_denoiser(name, directory)
+    manifest = read_manifest(directory)
+    entry = manifest[name]
+    if "text_encoder" not in entry:
+        raise DataError(f"{name} is not a text-to-image model (it reads no prompt): pick one such as t2i_shapes.")
+    wanted = entry["text_encoder"]
+    shipped = manifest[wanted["name"]]["sha256"]
+    if shipped != wanted["sha256"]:
+        raise DataError(f"{name} was trained with the text states of {wanted['name']} {wanted['sha256'][:12]}…, but "
+                        f"the shipped {wanted['name']} is {shipped[:12]}…: it would read every prompt wrongly. "
+                        f"Retrain it with `python -m minidiff train {name} --ship`, or restore data/checkpoints "
+                        "with git.")
+    return model, decode, PromptEncoder(*load_clip(wanted["name"], directory=directory))
+
+
+def text_to_image(model, encoder: PromptEncoder, prompt, *, n: int | None = None, negative_prompt: str = "",
+                  guidance_scale: float = 3.0, decode=None, **options) -> torch.Tensor:
+    """Pictures (N, C, H, W) in [-1, 1] for ``prompt`` — one string drawn ``n`` times (default 1), or a
+    list of N prompts, one picture each — guided away from ``negative_prompt``; ``options`` go to
+    ``generate`` (``sampler``, ``num_inference_steps``, ``seed``, …). Picture i's noise depends only
+    on (seed, i): the same seed with an edited prompt starts from the same noise."""
+    prompts = [prompt] * (n or 1) if isinstance(prompt, str) else list(prompt)
+    if n is not None and len(prompts) != n:
+        raise ValueError(f"got {len(prompts)} prompts but n = {n}: give one prompt, or one per picture")
+    cond, uncond = encoder.pair(prompts, negative_prompt)
+    return generate(model, len(prompts), cond=cond, uncond=uncond, guidance_scale=guidance_scale, decode=decode,
+                    **options)

@@ -1,0 +1,120 @@
+"""The text-to-image pipeline: prompts become the U-Net's cross-attention condition (the negative
+prompt's with the same number of tokens), caption dropout trains the empty prompt, a picture's noise
+depends only on (seed, i), and a model is never paired with another CLIP than the one it learned with."""
+import pytest
+import torch
+
+from minidiff.course.recipes.text2image import empty_prompt_ids, t2i_unet, text_diffusion_loss
+from minidiff.files import DataError
+from minidiff.models.autoencoder import VAE, VAEConfig
+from minidiff.models.clip import CLIP, CLIPConfig
+from minidiff.models.tokenizer import train_bpe
+from minidiff.text2image import PromptEncoder, load_text_to_image, text_to_image
+from minidiff.weights import read_manifest, save_weights
+
+CAPTIONS = ["a red circle on a blue background", "a small green square, top left", "一个红色圆形", "a yellow triangle"]
+
+
+@pytest.fixture(autouse=True)
+def _tiny_models(one_thread):
+    """Tiny models run fastest on one thread (``conftest.one_thread``)."""
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    tokenizer = train_bpe(CAPTIONS, 300)
+    torch.manual_seed(0)
+    clip = CLIP(CLIPConfig(vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id, end_id=tokenizer.end_id,
+                           context_length=48, text_width=32, text_layers=1, text_heads=2, image_size=16,
+                           channels=(8, 16), groups=4, embed_dim=16))
+    return PromptEncoder(clip, tokenizer)
+
+
+@pytest.fixture(scope="module")
+def unet(encoder):
+    torch.manual_seed(1)
+    model = t2i_unet(4, 8, encoder.width).eval()
+    with torch.no_grad():  # as after training: the zero-initialised output layers no longer hide every path
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return model
+
+
+def test_prompts_and_the_negative_prompt_get_the_same_number_of_tokens(encoder):
+    cond, uncond = encoder.pair(["a red circle", "a small green square, top left"], negative_prompt="blue")
+    assert cond["context"].shape[:2] == cond["context_mask"].shape == (2, uncond["context"].shape[1])
+    assert uncond["context"].shape[0] == 1
+    assert cond["context_mask"][1].all() and not cond["context_mask"][0].all()  # the longest prompt fills L
+    assert uncond["context_mask"][0].sum() == len(encoder.tokenizer.encode("blue")) + 2  # <start> blue <end>
+    _, empty = encoder.pair(["a red circle"])
+    assert empty["context_mask"][0].sum() == 2  # the empty prompt: <start> <end>
+
+
+def test_padding_after_the_prompt_changes_no_prediction(encoder, unet):
+    x, t = torch.randn(2, 4, 8, 8), torch.tensor([100, 700])
+    short = encoder.states(encoder.ids(CAPTIONS[:2]))
+    long = encoder.states(encoder.tokenizer(CAPTIONS[:2], 48))  # padded to the full context
+    assert long["context"].shape[1] > short["context"].shape[1]
+    torch.testing.assert_close(unet(x, t, short), unet(x, t, long), atol=1e-5, rtol=1e-5)
+
+
+def test_the_prompt_reaches_the_prediction(encoder, unet):
+    x, t = torch.randn(1, 4, 8, 8), torch.tensor([500])
+    assert (unet(x, t, encoder(CAPTIONS[:1])) - unet(x, t, encoder(CAPTIONS[1:2]))).abs().max() > 1e-4
+
+
+def test_caption_dropout_trains_on_the_empty_prompt(encoder, unet):
+    ids = encoder.ids(CAPTIONS)
+    batch = {"image": torch.randn(4, 4, 8, 8), "ids": ids}
+    empty = empty_prompt_ids(encoder, ids.shape[1])
+    assert empty[:2].tolist() == [encoder.tokenizer.start_id, encoder.tokenizer.end_id]
+    assert (empty[2:] == encoder.tokenizer.pad_id).all()
+    losses = []
+    for p, rows in [(1.0, ids), (0.0, empty.expand_as(ids)), (0.0, ids)]:
+        torch.manual_seed(3)  # the same timesteps and noise each time
+        losses.append(text_diffusion_loss(unet, {**batch, "ids": rows}, encoder, caption_dropout=p)["loss"])
+    torch.testing.assert_close(losses[0], losses[1])  # every caption dropped = every caption empty
+    assert abs(losses[0] - losses[2]) > 1e-6
+
+
+def test_a_pictures_noise_depends_only_on_the_seed_and_its_place(encoder, unet):
+    options = dict(sampler="ddim", num_inference_steps=3, seed=5, progress=False, guidance_scale=2.0)
+    both = text_to_image(unet, encoder, CAPTIONS[:2], **options)
+    first = text_to_image(unet, encoder, CAPTIONS[0], **options)
+    edited = text_to_image(unet, encoder, [CAPTIONS[0], CAPTIONS[3]], **options)
+    assert both.shape == (2, 4, 8, 8)
+    torch.testing.assert_close(both[:1], first, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(both[0], edited[0], atol=1e-5, rtol=1e-5)  # same seed, prompt 2 edited
+    assert (both[1] - edited[1]).abs().max() > 1e-4
+    assert text_to_image(unet, encoder, CAPTIONS[0], n=3, **options).shape[0] == 3
+    with pytest.raises(ValueError, match="2 prompts but n = 3"):
+        text_to_image(unet, encoder, CAPTIONS[:2], n=3, **options)
+
+
+def test_a_negative_prompt_changes_a_guided_picture_only(encoder, unet):
+    options = dict(sampler="ddim", num_inference_steps=3, seed=0, progress=False)
+    plain = text_to_image(unet, encoder, CAPTIONS[0], guidance_scale=3.0, **options)
+    negative = text_to_image(unet, encoder, CAPTIONS[0], negative_prompt="blue", guidance_scale=3.0, **options)
+    assert (plain - negative).abs().max() > 1e-4
+    unguided = [text_to_image(unet, encoder, CAPTIONS[0], negative_prompt=neg, guidance_scale=1.0, **options)
+                for neg in ("", "blue")]
+    torch.testing.assert_close(*unguided)
+
+
+def test_a_model_is_only_loaded_with_the_clip_it_learned_with(encoder, unet, tmp_path):
+    save = dict(directory=tmp_path, recipe="pytest", data="none", steps=0, wall_time_s=0.0)
+    vae = VAE(VAEConfig(in_channels=3, image_size=32, downsample=4, latent_channels=4, channels=8))
+    save_weights(vae, "vae_tiny", **save)
+    save_weights(encoder.clip, "clip_tiny", companions={"tokenizer.json": encoder.tokenizer.save}, **save)
+    shas = {name: entry["sha256"] for name, entry in read_manifest(tmp_path).items()}
+    save_weights(unet, "t2i_tiny", autoencoder={"name": "vae_tiny", "sha256": shas["vae_tiny"]},
+                 text_encoder={"name": "clip_tiny", "sha256": shas["clip_tiny"]}, **save)
+    model, decode, loaded = load_text_to_image("t2i_tiny", directory=tmp_path)
+    torch.testing.assert_close(loaded(CAPTIONS[:1])["context"], encoder(CAPTIONS[:1])["context"])
+    assert decode(torch.zeros(1, 4, 8, 8)).shape == (1, 3, 32, 32)
+    torch.manual_seed(9)
+    save_weights(CLIP(encoder.clip.config), "clip_tiny", companions={"tokenizer.json": encoder.tokenizer.save}, **save)
+    with pytest.raises(DataError, match="trained with the text states of clip_tiny.*read every prompt wrongly"):
+        load_text_to_image("t2i_tiny", directory=tmp_path)
+    with pytest.raises(DataError, match="vae_tiny is not a text-to-image model"):
+        load_text_to_image("vae_tiny", directory=tmp_path)
