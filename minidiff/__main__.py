@@ -2,7 +2,9 @@
 import argparse
 import inspect
 import json
+import math
 import sys
+import warnings
 
 from minidiff.devices import pick_device
 from minidiff.diffusion.samplers import SAMPLERS
@@ -58,9 +60,18 @@ def cmd_ship(args):
 
 
 def cmd_sample(args):
-    from minidiff.course.generators import check_samples_path, diffusion_sources, save_samples, sources
+    from minidiff.course.generators import (
+        check_samples_path,
+        diffusion_sources,
+        save_samples,
+        sources,
+        text_sources,
+    )
     check_samples_path(args.out)  # before any work: an hour of sampling is not lost to a typo
     available = sources()
+    if args.source in text_sources():
+        sys.exit(f'{args.source} draws what a prompt asks for: `python -m minidiff generate "a red circle" '
+                 f'--model {args.source}`')
     if args.source not in available:
         sys.exit(f"unknown source {args.source!r}; available: {', '.join(sorted(available))}")
     options = {key: value for key, value in [("sampler", args.sampler), ("steps", args.steps),
@@ -73,6 +84,22 @@ def cmd_sample(args):
     except ValueError as err:  # e.g. an unknown sampler name, with the list to choose from
         sys.exit(f"error: {err}")
     for path in save_samples(images, labels, args.out):
+        print(f"wrote {path}")
+
+
+def cmd_generate(args):
+    from minidiff.course.generators import check_samples_path, save_samples
+    from minidiff.text2image import load_text_to_image, text_to_image
+    check_samples_path(args.out)  # before any work
+    model, decode, encoder = load_text_to_image(args.model)
+    warnings.showwarning = lambda message, *_, **__: print(f"warning: {message}", file=sys.stderr)  # one line
+    try:
+        images = text_to_image(model, encoder, args.prompt, n=args.n, negative_prompt=args.negative,
+                               guidance_scale=args.guidance, decode=decode, sampler=args.sampler,
+                               num_inference_steps=args.steps, seed=args.seed)
+    except ValueError as err:  # e.g. an unknown sampler, with the list to choose from
+        sys.exit(f"error: {err}")
+    for path in save_samples(images, None, args.out):
         print(f"wrote {path}")
 
 
@@ -123,6 +150,19 @@ def count(low: int, high: int):
     return parse
 
 
+def number(low: float, high: float):
+    """An argparse type: a finite number from ``low`` to ``high``, or one clear line."""
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not (math.isfinite(value) and low <= value <= high):
+            raise argparse.ArgumentTypeError(f"{value} is out of range: use {low:g} to {high:g}")
+        return value
+    return parse
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m minidiff",
                                      description="minidiff: how AI image generation works, from scratch.")
@@ -160,6 +200,19 @@ def main(argv=None):
                                                          "(default 20)")
     p.add_argument("--guidance", type=float, help="class-conditional diffusion: guidance scale (default 3)")
     p.set_defaults(run=cmd_sample)
+
+    p = sub.add_parser("generate", help="text to image: draw pictures of a prompt (English or Chinese) into a PNG "
+                                         "grid + safetensors")
+    p.add_argument("prompt", help='what to draw, e.g. "a large red circle on a blue background, top left"')
+    p.add_argument("--negative", default="", help="a negative prompt: what to steer away from (default: none)")
+    p.add_argument("--guidance", type=number(0, 50), default=3.0, help="guidance scale s (1: none; default 3)")
+    p.add_argument("--steps", type=count(1, 1000), default=20, help="sampling steps (default 20)")
+    p.add_argument("--sampler", default="dpmpp_2m", help="default dpmpp_2m; any of " + ", ".join(SAMPLERS))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-n", type=count(1, 10_000), default=4, help="how many pictures (1 to 10,000; default 4)")
+    p.add_argument("--model", default="t2i_shapes", help="a shipped text-to-image model (default t2i_shapes)")
+    p.add_argument("--out", default="outputs/generated.png")
+    p.set_defaults(run=cmd_generate)
 
     p = sub.add_parser("evaluate", help="score samples with the course's protocols (digits: classifier-FID and more; "
                                          "shapes: judge-FID, attribute histograms and accuracy)")

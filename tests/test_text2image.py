@@ -4,6 +4,8 @@ depends only on (seed, i), and a model is never paired with another CLIP than th
 import pytest
 import torch
 
+from minidiff.__main__ import main
+from minidiff.course.generators import load_samples
 from minidiff.course.recipes.text2image import empty_prompt_ids, t2i_unet, text_diffusion_loss
 from minidiff.files import DataError
 from minidiff.models.autoencoder import VAE, VAEConfig
@@ -101,14 +103,20 @@ def test_a_negative_prompt_changes_a_guided_picture_only(encoder, unet):
     torch.testing.assert_close(*unguided)
 
 
-def test_a_model_is_only_loaded_with_the_clip_it_learned_with(encoder, unet, tmp_path):
-    save = dict(directory=tmp_path, recipe="pytest", data="none", steps=0, wall_time_s=0.0)
+def ship_tiny(encoder, unet, directory):
+    """A tiny autoencoder, CLIP and text-to-image U-Net saved as the recipes save them."""
+    save = dict(directory=directory, recipe="pytest", data="none", steps=0, wall_time_s=0.0)
     vae = VAE(VAEConfig(in_channels=3, image_size=32, downsample=4, latent_channels=4, channels=8))
     save_weights(vae, "vae_tiny", **save)
     save_weights(encoder.clip, "clip_tiny", companions={"tokenizer.json": encoder.tokenizer.save}, **save)
-    shas = {name: entry["sha256"] for name, entry in read_manifest(tmp_path).items()}
+    shas = {name: entry["sha256"] for name, entry in read_manifest(directory).items()}
     save_weights(unet, "t2i_tiny", autoencoder={"name": "vae_tiny", "sha256": shas["vae_tiny"]},
                  text_encoder={"name": "clip_tiny", "sha256": shas["clip_tiny"]}, **save)
+    return save
+
+
+def test_a_model_is_only_loaded_with_the_clip_it_learned_with(encoder, unet, tmp_path):
+    save = ship_tiny(encoder, unet, tmp_path)
     model, decode, loaded = load_text_to_image("t2i_tiny", directory=tmp_path)
     torch.testing.assert_close(loaded(CAPTIONS[:1])["context"], encoder(CAPTIONS[:1])["context"])
     assert decode(torch.zeros(1, 4, 8, 8)).shape == (1, 3, 32, 32)
@@ -118,3 +126,27 @@ def test_a_model_is_only_loaded_with_the_clip_it_learned_with(encoder, unet, tmp
         load_text_to_image("t2i_tiny", directory=tmp_path)
     with pytest.raises(DataError, match="vae_tiny is not a text-to-image model"):
         load_text_to_image("vae_tiny", directory=tmp_path)
+
+
+def test_the_generate_command_draws_any_prompt_and_says_what_goes_wrong_in_one_line(encoder, unet, tmp_path,
+                                                                                     monkeypatch, capsys):
+    ship_tiny(encoder, unet, tmp_path / "data" / "checkpoints")
+    monkeypatch.setenv("MINIDIFF_DATA", str(tmp_path / "data"))
+    out = tmp_path / "out" / "red.png"
+    main(["generate", "蓝色背景上的一个大红色圆形，左上角", "--model", "t2i_tiny", "-n", "3", "--steps", "2",
+          "--out", str(out)])
+    images, labels = load_samples(out.with_suffix(".safetensors"))
+    assert images.shape == (3, 3, 32, 32) and labels is None and out.exists()
+    capsys.readouterr()
+    main(["generate", "a red circle " * 30, "--model", "t2i_tiny", "-n", "2", "--steps", "1", "--out", str(out)])
+    err = capsys.readouterr().err
+    dropped = [line for line in err.splitlines() if "dropped" in line]
+    assert len(dropped) == 1 and dropped[0].startswith("warning: prompt") and "Warning" not in err
+    for argv, said in [(["--sampler", "nope"], "unknown sampler"), (["--guidance", "inf"], "out of range"),
+                       (["-n", "0"], "out of range"), (["--steps", "-3"], "out of range"),
+                       (["--model", "vae_tiny"], "not a text-to-image model"),
+                       (["--out", str(tmp_path / "x.jpg")], "ending in .png")]:
+        with pytest.raises(SystemExit) as stop:
+            main(["generate", "a red circle", "--model", "t2i_tiny", *argv])
+        message = str(stop.value.code) if stop.value.code not in (None, 2) else capsys.readouterr().err
+        assert said in message and "Traceback" not in message, (argv, message)

@@ -85,8 +85,16 @@ def _shipped_denoiser(name):
 
 
 def diffusion_sources() -> list[str]:
-    """The shipped denoisers, as the manifest lists them."""
-    return sorted(name for name, entry in read_manifest().items() if entry["model"] == "UNet")
+    """The shipped denoisers that draw without a prompt, as the manifest lists them (text-to-image
+    models are ``text_sources``: ``python -m minidiff generate``)."""
+    return sorted(name for name, entry in read_manifest().items()
+                  if entry["model"] == "UNet" and entry["config"].get("context_dim") is None)
+
+
+def text_sources() -> list[str]:
+    """The shipped text-to-image models."""
+    return sorted(name for name, entry in read_manifest().items()
+                  if entry["model"] == "UNet" and entry["config"].get("context_dim") is not None)
 
 
 def sources() -> dict:
