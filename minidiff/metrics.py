@@ -32,8 +32,9 @@ import numpy as np
 import torch
 
 from minidiff.datasets.mnist import load_mnist, to_tensor
-from minidiff.datasets.shapes import ATTRIBUTES, TEST_SEED, TRAIN_SEED, ShapesDataset, attribute_labels
+from minidiff.datasets.shapes import ATTRIBUTES, TEST_SEED, TRAIN_SEED, ShapesDataset, attribute_labels, eval_caption
 from minidiff.models.classifier import MNISTClassifier, ShapesJudge, predict
+from minidiff.text2image import text_to_image
 from minidiff.weights import load_pretrained
 
 PROTOCOL_SAMPLES = 2000
@@ -204,7 +205,7 @@ def shapes_real_vs_real_fid(size: int = 64, n: int = PROTOCOL_SAMPLES, compositi
 
 
 # ---------------------------------------------------------------------------------------------
-# The CLIP score (chapters 09–12)
+# The CLIP score and prompt following (chapters 09–12)
 
 
 @torch.no_grad()
@@ -228,3 +229,22 @@ def clip_score(model, tokenizer, images: torch.Tensor, prompts, batch_size: int 
         u = model.encode_image(images[start:start + batch_size].to(device))
         scores.append(100 * (u * model.encode_text(ids)).sum(1).float().cpu())
     return torch.cat(scores)
+
+
+def prompt_following(model, encoder, decode, attributes: list, language: str = "en",
+                     compositions: str = "train", guidance_scale: float = 3.0, clip=None,
+                     num_inference_steps: int = 20, seed: int = PROTOCOL_SEED) -> dict:
+    """The prompt-following score of a text-to-image model (``minidiff.text2image``; ``encoder`` its
+    ``PromptEncoder``, ``decode`` its decoder): one picture for each attribute tuple's evaluation-wording
+    prompt (``eval_caption``, a wording no training caption uses) in ``language``, drawn with
+    DPM-Solver++(2M); the shapes judge's per-attribute accuracy and all-five rate, judge-FID against
+    the test renders of ``compositions``, and the mean CLIP score under ``clip`` (a (model, tokenizer)
+    pair) if given."""
+    prompts = [eval_caption(a, language) for a in attributes]
+    images = text_to_image(model, encoder, prompts, guidance_scale=guidance_scale, decode=decode,
+                           sampler="dpmpp_2m", num_inference_steps=num_inference_steps, seed=seed, progress=False)
+    report = evaluate_shapes(images, attributes, compositions=compositions)
+    out = {"accuracy": report["accuracy"], "all_correct": report["all_correct"], "fid": report["fid"]}
+    if clip is not None:
+        out["clip_score"] = clip_score(*clip, images, prompts).mean().item()
+    return out

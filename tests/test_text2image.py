@@ -4,9 +4,11 @@ depends only on (seed, i), and a model is never paired with another CLIP than th
 import pytest
 import torch
 
+from minidiff import metrics
 from minidiff.__main__ import main
 from minidiff.course.generators import load_samples
 from minidiff.course.recipes.text2image import empty_prompt_ids, t2i_unet, text_diffusion_loss
+from minidiff.datasets.shapes import ATTRIBUTES, TEST_SEED, ShapesDataset, attribute_labels, eval_caption
 from minidiff.files import DataError
 from minidiff.models.autoencoder import VAE, VAEConfig
 from minidiff.models.clip import CLIP, CLIPConfig
@@ -150,3 +152,28 @@ def test_the_generate_command_draws_any_prompt_and_says_what_goes_wrong_in_one_l
             main(["generate", "a red circle", "--model", "t2i_tiny", *argv])
         message = str(stop.value.code) if stop.value.code not in (None, 2) else capsys.readouterr().err
         assert said in message and "Traceback" not in message, (argv, message)
+
+
+@pytest.mark.slow  # the judge's reference statistics: 10,000 renders
+@pytest.mark.parametrize("language", ["en", "zh"])
+def test_prompt_following_reads_the_pictures_against_what_each_prompt_asked(monkeypatch, language):
+    """A stand-in model that draws exactly the asked pictures scores 100 %; the same pictures handed to
+    the wrong prompts (shifted by one) score what the judge reads of the mismatch."""
+    drawn = ShapesDataset(40, seed=TEST_SEED, size=64, compositions="train")
+    asked = []
+
+    def draws(shift):
+        def text_to_image(model, encoder, prompts, **options):
+            asked.append(prompts)
+            return drawn.images.roll(shift, 0)
+        return text_to_image
+
+    monkeypatch.setattr(metrics, "text_to_image", draws(0))
+    exact = metrics.prompt_following(None, None, None, drawn.attributes, language)
+    assert asked[0] == [eval_caption(a, language) for a in drawn.attributes]
+    assert exact["all_correct"] == 1.0 and set(exact["accuracy"].values()) == {1.0}
+    monkeypatch.setattr(metrics, "text_to_image", draws(1))
+    shifted = metrics.prompt_following(None, None, None, drawn.attributes, language)
+    labels = attribute_labels(drawn.attributes)
+    expected = (labels.roll(1, 0) == labels).float().mean(0)
+    assert [shifted["accuracy"][name] for name in ATTRIBUTES] == pytest.approx(expected.tolist())

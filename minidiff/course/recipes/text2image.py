@@ -26,12 +26,12 @@ from minidiff.course.recipes.clip import COMBINATIONS, CaptionedPictures, attrib
 from minidiff.course.recipes.common import RECIPES, finish, run_dir
 from minidiff.course.recipes.ddpm import ddpm_mnist_config
 from minidiff.course.recipes.latent import SIZE, TRAIN_PICTURES
-from minidiff.datasets.shapes import TEST_SEED, TRAIN_SEED, ShapesDataset, all_captions, eval_caption
+from minidiff.datasets.shapes import TEST_SEED, TRAIN_SEED, ShapesDataset, all_captions
 from minidiff.diffusion.loss import unet_loss
 from minidiff.latents import cached_latents, latent_decoder
-from minidiff.metrics import PROTOCOL_SEED, clip_score, evaluate_shapes, shapes_real_vs_real_fid
+from minidiff.metrics import prompt_following, shapes_real_vs_real_fid
 from minidiff.models.unet import UNet, UNetConfig
-from minidiff.text2image import PromptEncoder, text_to_image
+from minidiff.text2image import PromptEncoder
 from minidiff.train import train
 from minidiff.weights import load_clip, load_pretrained, read_manifest, shipped_start
 
@@ -63,23 +63,6 @@ def text_diffusion_loss(model: UNet, batch: dict, encoder: PromptEncoder, captio
     dropped = torch.rand(len(ids), device=ids.device) < caption_dropout
     ids = torch.where(dropped[:, None], empty_prompt_ids(encoder, ids.shape[1]).to(ids.device), ids)
     return unet_loss(model, {"images": batch["image"], **encoder.states(ids)}, cond_dropout=0.0)
-
-
-def prompt_following(model, encoder: PromptEncoder, decode, attributes: list, language: str = "en",
-                     compositions: str = "train", guidance_scale: float = GUIDANCE, clip=None,
-                     num_inference_steps: int = 20, seed: int = PROTOCOL_SEED) -> dict:
-    """How well a text-to-image model draws what it is asked: one picture for each attribute tuple's
-    evaluation-wording prompt (``eval_caption``) in ``language``; the shapes judge's per-attribute
-    accuracy and all-attributes rate, judge-FID against the test renders of ``compositions``, and the
-    mean CLIP score under ``clip`` (a (model, tokenizer) pair) if given."""
-    prompts = [eval_caption(a, language) for a in attributes]
-    images = text_to_image(model, encoder, prompts, guidance_scale=guidance_scale, decode=decode,
-                           sampler="dpmpp_2m", num_inference_steps=num_inference_steps, seed=seed, progress=False)
-    report = evaluate_shapes(images, attributes, compositions=compositions)
-    out = {"accuracy": report["accuracy"], "all_correct": report["all_correct"], "fid": report["fid"]}
-    if clip is not None:
-        out["clip_score"] = clip_score(*clip, images, prompts).mean().item()
-    return out
 
 
 @RECIPES.register
@@ -117,9 +100,9 @@ def t2i_shapes(fast: bool = False, device: str = "auto", steps: int | None = Non
     for language in ("en", "zh"):
         metrics[language] = {
             "train_compositions": prompt_following(model, encoder, decode, test.attributes, language,
-                                                   clip=(clip, tokenizer)),
+                                                   guidance_scale=GUIDANCE, clip=(clip, tokenizer)),
             "held_out_compositions": prompt_following(model, encoder, decode, held.attributes, language,
-                                                      compositions="held_out")}
+                                                      compositions="held_out", guidance_scale=GUIDANCE)}
     metrics["all_correct"] = metrics["en"]["train_compositions"]["all_correct"]
     metrics["loss_curve"] = [[h["step"], round(h["loss"], 5)] for h in result.history]
     note = (f"latents of {n:,} shapes renders (seed {TRAIN_SEED}, training compositions, 64 px) by {AUTOENCODER}, "
