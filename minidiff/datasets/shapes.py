@@ -104,7 +104,10 @@ _CENTER = np.array([0.5], np.float32)
 
 # Captions: a few training wordings per language, so a text encoder learns the words, not one
 # sentence. The Chinese ones put the size next to the noun ("红色的大圆形", "一个大的红色圆形"),
-# never "大红色": 大红 is a colour of its own (bright red).
+# never "大红色": 大红 is a colour of its own (bright red). Chinese lists its clauses in any order, so
+# it has eight wordings that put the background, the shape and the position first, in turn: with
+# only the first four, clip_shapes learned which colour is the background's from where it stood in
+# those four sentences, and read a new sentence's colours the wrong way round (binding 12 %).
 LANGUAGES = ("en", "zh")
 _TEMPLATES = {  # template 0 is the canonical caption
     "en": (
@@ -118,11 +121,20 @@ _TEMPLATES = {  # template 0 is the canonical caption
         "画面{position}有一个{color}的{size}{shape}，背景是{background}",
         "一个{size}的{color}{shape}位于画面{position}，{background}背景",
         "{color}{size}{shape}，{position}，{background}背景",
+        "{position}是一个{color}{size}{shape}，{background}背景",
+        "{background}背景，{position}，一个{size}的{color}{shape}",
+        "背景是{background}，{color}的{size}{shape}在{position}",
+        "{position}：{color}的{size}{shape}，{background}背景",
     ),
 }
-_EVAL_TEMPLATES = {  # one wording per language that nothing trains on: see eval_caption
+# One wording per language that nothing trains on (see eval_caption): new words and a new sentence,
+# but each attribute still named by the word the captions taught. English keeps "background", so
+# Chinese keeps 背景: with 底色 ("ground colour", a synonym no caption uses) in its place, clip_shapes
+# could not tell the background's colour from the shape's (51 %, a coin toss between the two) — a test
+# of synonyms, which no model that has only read these captions can pass, not of understanding.
+_EVAL_TEMPLATES = {
     "en": "a picture of a {size} {color} {shape} against {a_background} background, {position}",
-    "zh": "一张{background}底色的图片，{position}画着一个{color}的{size}{shape}",
+    "zh": "一张{background}背景的图片，{position}画着一个{color}的{size}{shape}",
 }
 CHINESE_WORDS = {  # attribute -> value -> its Chinese word, shared by every Chinese template
     "shape": {"circle": "圆形", "square": "正方形", "triangle": "三角形"},

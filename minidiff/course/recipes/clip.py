@@ -66,7 +66,7 @@ from minidiff.train import train
 
 VOCAB_SIZE = 1000         # at most; the captions' words are all single tokens well before that
 SIZE = 32                 # shapes pictures CLIP trains on (64-px pictures are averaged down to it)
-TRAIN_PICTURES = 20_000   # shapes renders (TRAIN_SEED, training compositions) × 8 wordings each
+TRAIN_PICTURES = 20_000   # shapes renders (TRAIN_SEED, training compositions) × 12 wordings each
 TEST_PICTURES = 2_000     # test renders for zero-shot and binding, and as many of the held-out compositions
 RETRIEVAL_PAIRS = 1_000
 TIE = 1e-5                # cosines closer than this are equal (float32 rounding), and ties count as misses
@@ -374,8 +374,8 @@ SHAPES_STEPS = 2500
 def _clip_shapes(name: str, text_tower: str, fast: bool = False, device: str = "auto",
                  steps: int | None = None) -> dict:
     """CLIP on 20,000 shapes renders (training compositions, 32 px) × every training wording in English
-    and Chinese (160,000 pairs), up to 4 filler tokens threaded into each caption (``augmented_clip_loss``):
-    2,500 steps at batch 256, AdamW 1e-3 with warm-up and cosine decay, EMA weights shipped with their
+    and Chinese (4 + 8 wordings: 240,000 pairs), up to 4 filler tokens threaded into each caption
+    (``augmented_clip_loss``): 2,500 steps at batch 256, AdamW 1e-3 with warm-up and cosine decay, EMA weights shipped with their
     tokenizer; measured by ``measure_shapes_clip``. A run can be extended by resuming it with more ``steps``."""
     torch.manual_seed(0)
     tokenizer = train_bpe(shapes_corpus(), VOCAB_SIZE)

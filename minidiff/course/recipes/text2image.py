@@ -9,7 +9,7 @@ sha256, so the model is never paired with other weights than the ones it learned
 
 **Data.** The latents of the 20,000 training renders (training compositions only: no held-out
 composition is ever seen), each with every training wording of its caption in English and Chinese
-(``CaptionedPictures``: 160,000 pairs); 10 % of the captions are replaced by the empty prompt
+(``CaptionedPictures``: 240,000 pairs); 10 % of the captions are replaced by the empty prompt
 (``text_diffusion_loss``), so the one network is conditional and unconditional, which
 classifier-free guidance needs. The rest is chapter 05's training (v-prediction, cosine schedule,
 min-SNR weighting, constant learning rate after a warm-up, EMA): a run of n steps is the start of
