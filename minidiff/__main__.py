@@ -137,30 +137,27 @@ def cmd_data(args):
     print(f"ready: {fetchers[args.dataset]()}")
 
 
-def count(low: int, high: int):
-    """An argparse type: a whole number from ``low`` to ``high``, or one clear line."""
+def _in_range(convert, what: str, low, high, shown: str):
+    """An argparse type: ``convert(text)`` (a ``what``), finite and from ``low`` to ``high``, or one clear line."""
     def parse(text):
         try:
-            value = int(text)
+            value = convert(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"{value} is out of range: use {low:,} to {high:,}")
+            raise argparse.ArgumentTypeError(f"{text!r} is not {what}") from None
+        if not (math.isfinite(value) and low <= value <= high):
+            raise argparse.ArgumentTypeError(f"{value} is out of range: use {low:{shown}} to {high:{shown}}")
         return value
     return parse
+
+
+def count(low: int, high: int):
+    """A whole number from ``low`` to ``high``."""
+    return _in_range(int, "a whole number", low, high, ",")
 
 
 def number(low: float, high: float):
-    """An argparse type: a finite number from ``low`` to ``high``, or one clear line."""
-    def parse(text):
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-        if not (math.isfinite(value) and low <= value <= high):
-            raise argparse.ArgumentTypeError(f"{value} is out of range: use {low:g} to {high:g}")
-        return value
-    return parse
+    """A finite number from ``low`` to ``high``."""
+    return _in_range(float, "a number", low, high, "g")
 
 
 def main(argv=None):
