@@ -135,7 +135,18 @@ def check_latent_vs_pixel(tmp_path, monkeypatch, capsys):
     assert report["sweep"]["1"]["autoencoder_keeps"]["all_correct"] == 1.0
 
 
-CHECKS = {"sampling_speed.py": check_sampling_speed, "latent_vs_pixel.py": check_latent_vs_pixel,
+def check_clip_speed(tmp_path, monkeypatch, capsys):
+    report = written(smoke("clip_speed.py", tmp_path, monkeypatch) / "clip_speed.json", like="clip_speed.json")
+    assert (report["batch"], report["device"]) == (8, "cpu")
+    manifest = read_manifest()
+    assert [r["name"] for r in report["rows"]] == ["clip_shapes", "clip_shapes_bow", "clip_mnist"]
+    for row in report["rows"]:
+        assert set(row) == committed_row_fields("clip_speed.json")
+        assert row["trained_steps"] == manifest[row["name"]]["steps"]
+        assert min(row["train_images_per_s"], row["encode_images_per_s"], row["encode_captions_per_s"]) > 0
+
+
+CHECKS = {"sampling_speed.py": check_sampling_speed, "clip_speed.py": check_clip_speed, "latent_vs_pixel.py": check_latent_vs_pixel,
           "fid_vs_nfe.py": check_fid_vs_nfe, "samplers_vs_diffusers.py": check_samplers_vs_diffusers,
           "ddpm_vs_diffusers.py": check_ddpm_vs_diffusers, "protocol_cost.py": check_protocol_cost}
 FAST = {"sampling_speed.py"}  # about a second; the others load the judge's test statistics or train

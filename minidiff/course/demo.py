@@ -156,6 +156,37 @@ def latent_diffusion():
             image_grid(torch.cat([round_trip, samples]).clamp(-1, 1), ncols=16))
 
 
+@panel
+def clip_matching():
+    """Chapter 08: CLIP's similarity matrix for eight test pictures and their captions (left), and the
+    best pictures among 1,000 for one prompt, typed in English and in Chinese (right)."""
+    from matplotlib import colormaps
+
+    from minidiff.course.recipes.clip import embed_images, embed_texts
+    from minidiff.datasets.shapes import TEST_SEED, ShapesDataset, caption
+    from minidiff.weights import load_clip
+    model, tokenizer = load_clip("clip_shapes")
+    batch = ShapesDataset(8, seed=TEST_SEED + 7, size=32, compositions="train")
+    cosines = embed_images(model, batch.images) @ embed_texts(model, tokenizer, [caption(a) for a in batch.attributes]).T
+    cells = np.kron(colormaps["RdBu_r"]((cosines.numpy() + 1) / 2)[..., :3], np.ones((34, 34, 1)))
+    for i in range(8):  # frame the diagonal: each picture with its own caption
+        cell = cells[34 * i:34 * (i + 1), 34 * i:34 * (i + 1)]
+        cell[[0, 1, -2, -1]], cell[:, [0, 1, -2, -1]] = 0, 0
+    matrix = np.concatenate([image_grid(batch.images, ncols=1)[:-2], np.full((8 * 34, 6, 3), 255, np.uint8),
+                             (255 * cells).astype(np.uint8)], 1)
+    pool = ShapesDataset(1000, seed=TEST_SEED, size=32, compositions="all").images
+    u = embed_images(model, pool)
+    wanted = dict(shape="circle", color="red", background="blue", size="large", position="top left")
+    rows = [image_grid(pool[(u @ embed_texts(model, tokenizer, [caption(wanted, language=language)])[0]).topk(7).indices],
+                       ncols=7) for language in ("en", "zh")]
+    right = np.full((matrix.shape[0], rows[0].shape[1], 3), 255, np.uint8)
+    right[60:60 + rows[0].shape[0]], right[150:150 + rows[1].shape[0]] = rows
+    return (f"CLIP (ch. 08): pictures (rows) against their captions (columns; red = similar, the diagonal is each "
+            f"picture's own); right: the best of 1,000 pictures\nfor \"{caption(wanted)}\" (top) and for the same "
+            "prompt in Chinese (bottom)",
+            np.concatenate([matrix, np.full((matrix.shape[0], 40, 3), 255, np.uint8), right], 1))
+
+
 def make_demo(path="outputs/demo.png") -> Path:
     """Draw every panel, one above the other, into ``path`` (written atomically)."""
     matplotlib.use("Agg")
