@@ -21,6 +21,8 @@ of 2,000 test attribute tuples of the training compositions and 1,000 of the hel
 the shapes judge reads them: per-attribute accuracy, all five right, judge-FID against the test
 renders of the same compositions (the floor beside it), and the CLIP score.
 """
+import dataclasses
+
 import torch
 
 from minidiff.course.recipes.clip import COMBINATIONS, CaptionedPictures, attribute_groups, digits_training_set
@@ -82,6 +84,8 @@ def _train_t2i(name: str, model: UNet, data: CaptionedPictures, encoder: PromptE
     """What both recipes share: chapter 05's training (``ddpm_mnist_config``) of ``text_diffusion_loss``,
     resumable, or trained on from the shipped weights; returns (EMA model on the CPU, result, start)."""
     config = ddpm_mnist_config(20 if fast else steps, fast, run_dir(name, fast), device)
+    if fast:  # a fixture's few pictures make a batch of their own
+        config = dataclasses.replace(config, batch_size=min(config.batch_size, len(data)))
     start = shipped_start(name, model) if from_shipped else None
     result = train(model, lambda m, b: text_diffusion_loss(m, b, encoder), data, config, resume=True,
                    start_from=start)
