@@ -92,3 +92,48 @@ def text_to_image(model, encoder: PromptEncoder, prompt, *, n: int | None = None
     cond, uncond = encoder.pair(prompts, negative_prompt)
     return generate(model, len(prompts), cond=cond, uncond=uncond, guidance_scale=guidance_scale, decode=decode,
                     **options)
+
+
+@torch.no_grad()
+def cross_attention_maps(model, x_t: torch.Tensor, t, cond: dict) -> dict:
+    """Where each latent position looks in the prompt: one forward pass of a text-to-image U-Net on
+    (x_t, t | cond), with a forward hook on every cross-attention layer (``TransformerBlock.attn2``)
+    that catches what it was given — the image tokens x (B, H·W, C), the context c (B, L, D) and its
+    padding mask m — and recomputes its attention weights from the layer's own projections,
+
+        A = softmax_j( q_i · k_j / √d ),   q = x W_q, k = c W_k,   j over the unmasked tokens only,
+
+    head by head (d = C / heads). Each latent position i spreads a weight of 1 over the prompt's tokens
+    j; ``maps[side][b, j]`` is token j's share at every position, a (side × side) picture.
+
+    Returns ``{side: (B, L, side, side)}``, one entry per resolution the U-Net attends at (8 and 4 for
+    ``t2i_shapes``), each averaged over the heads and over every block at that resolution (on the way
+    down, in the middle and on the way up). Padding gets exactly 0."""
+    from minidiff.models.attention import TransformerBlock
+    layers = [m.attn2 for m in model.modules() if isinstance(m, TransformerBlock) and m.context_dim is not None]
+    if not layers:
+        raise ValueError("this U-Net has no cross-attention (it was built without context_dim): it reads no prompt")
+    sums, counts = {}, {}
+
+    def catch(layer, args, kwargs, output):
+        given = dict(zip(("x", "context", "mask"), args), **kwargs)
+        x, context, mask = given["x"], given["context"], given.get("mask")
+        b, length, dim = x.shape
+        heads, width = layer.heads, dim // layer.heads
+        q = layer.q(x).reshape(b, length, heads, width).transpose(1, 2)                  # (B, heads, H·W, d)
+        k = layer.k(context).reshape(b, context.shape[1], heads, width).transpose(1, 2)  # (B, heads, L, d)
+        scores = q @ k.transpose(-1, -2) / width ** 0.5                                  # (B, heads, H·W, L)
+        if mask is not None:
+            scores = scores.masked_fill(~mask.bool()[:, None, None, :], float("-inf"))
+        weights = scores.softmax(-1).mean(1)                                              # (B, H·W, L)
+        side = int(round(length ** 0.5))
+        sums[side] = sums.get(side, 0) + weights.transpose(1, 2).reshape(b, -1, side, side)
+        counts[side] = counts.get(side, 0) + 1
+
+    hooks = [layer.register_forward_hook(catch, with_kwargs=True) for layer in layers]
+    try:
+        model.eval()(x_t, t, cond)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return {side: sums[side] / counts[side] for side in sorted(sums, reverse=True)}

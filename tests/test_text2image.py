@@ -177,3 +177,76 @@ def test_prompt_following_reads_the_pictures_against_what_each_prompt_asked(monk
     labels = attribute_labels(drawn.attributes)
     expected = (labels.roll(1, 0) == labels).float().mean(0)
     assert [shifted["accuracy"][name] for name in ATTRIBUTES] == pytest.approx(expected.tolist())
+
+
+def test_cross_attention_maps_are_each_layers_softmax_over_the_prompts_real_tokens(encoder, unet):
+    """The maps against an independent computation: every cross-attention layer's weights from
+    ``nn.MultiheadAttention`` (need_weights, averaged over heads) loaded with the layer's projections,
+    on the inputs the layer really got, averaged over the layers at each resolution."""
+    from minidiff.models.attention import TransformerBlock
+    from minidiff.text2image import cross_attention_maps
+    x, t = torch.randn(2, 4, 8, 8), torch.tensor([300, 800])
+    cond = encoder.states(encoder.tokenizer(CAPTIONS[:2], 48))  # padded well past both prompts
+    assert not cond["context_mask"].all(1).any()
+    maps = cross_attention_maps(unet, x, t, cond)
+    assert sorted(maps) == [4, 8] and maps[8].shape == (2, 48, 8, 8) and maps[4].shape == (2, 48, 4, 4)
+
+    layers = [m.attn2 for m in unet.modules() if isinstance(m, TransformerBlock) and m.context_dim is not None]
+    seen = {}
+
+    def keep(layer, args, out):  # returns None: the output goes on unchanged
+        seen[layer] = (args, out)
+
+    hooks = [layer.register_forward_hook(keep) for layer in layers]
+    with torch.no_grad():
+        unet(x, t, cond)
+    for hook in hooks:
+        hook.remove()
+    sums, counts = {}, {}
+    for layer, ((tokens, context, mask), out) in seen.items():
+        dim = layer.q.in_features
+        reference = torch.nn.MultiheadAttention(dim, layer.heads, kdim=context.shape[-1], vdim=context.shape[-1],
+                                                batch_first=True)
+        with torch.no_grad():
+            if reference._qkv_same_embed_dim:  # torch keeps q, k, v in one matrix when their widths agree
+                reference.in_proj_weight.copy_(torch.cat([layer.q.weight, layer.k.weight, layer.v.weight]))
+            else:
+                reference.q_proj_weight.copy_(layer.q.weight), reference.k_proj_weight.copy_(layer.k.weight)
+                reference.v_proj_weight.copy_(layer.v.weight)
+            reference.in_proj_bias.copy_(torch.cat([layer.q.bias, layer.k.bias, layer.v.bias]))
+            reference.out_proj.weight.copy_(layer.out.weight), reference.out_proj.bias.copy_(layer.out.bias)
+            answer, weights = reference(tokens, context, context, key_padding_mask=~mask, need_weights=True)
+        torch.testing.assert_close(answer, out, atol=1e-5, rtol=1e-4)  # the same layer, computed apart
+        side = int(tokens.shape[1] ** 0.5)
+        sums[side] = sums.get(side, 0) + weights.transpose(1, 2).reshape(2, 48, side, side)
+        counts[side] = counts.get(side, 0) + 1
+    assert counts == {8: 5, 4: 6}  # t2i_unet: 2 down + 3 up at 8×8; 2 down, the middle and 3 up at 4×4
+    for side, total in sums.items():
+        torch.testing.assert_close(maps[side], total / counts[side], atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(maps[side].sum(1), torch.ones(2, side, side))  # each position spreads 1
+        assert (maps[side][~cond["context_mask"]] == 0).all()  # padding gets nothing, at every position
+
+
+def test_cross_attention_maps_of_a_single_head_by_hand():
+    """One head, one resolution: the map is softmax(q · k / √d) written out with exp and a sum."""
+    from minidiff.models.unet import UNet, UNetConfig
+    from minidiff.text2image import cross_attention_maps
+    torch.manual_seed(2)
+    model = UNet(UNetConfig(in_channels=2, image_size=4, channels=(8,), attention=(True,), num_res_blocks=1,
+                            heads=1, groups=4, feed_forward=0, context_dim=6)).eval()
+    context, mask = torch.randn(1, 3, 6), torch.tensor([[True, True, False]])
+    x, t = torch.randn(1, 2, 4, 4), torch.tensor([10])
+    layers = [m.block.attn2 for m in model.modules() if hasattr(m, "block")]
+    caught = []
+    hooks = [layer.register_forward_pre_hook(lambda layer, args: caught.append((layer, args[0]))) for layer in layers]
+    maps = cross_attention_maps(model, x, t, {"context": context, "context_mask": mask})
+    for hook in hooks:
+        hook.remove()
+    by_hand = 0
+    for layer, tokens in caught:
+        q, k = layer.q(tokens)[0], layer.k(context)[0]                  # (16, 8), (3, 8)
+        e = torch.exp(torch.stack([q @ k[j] for j in range(2)], 1) / 8 ** 0.5)
+        by_hand = by_hand + torch.cat([e / e.sum(1, keepdim=True), torch.zeros(16, 1)], 1)
+    expected = (by_hand / len(caught)).T.reshape(1, 3, 4, 4)
+    assert len(caught) == 4 and list(maps) == [4]  # one block down, the middle and two up, all at 4×4
+    torch.testing.assert_close(maps[4], expected.detach(), atol=1e-6, rtol=1e-5)

@@ -245,3 +245,49 @@ question("clip_at_generation", options={
    "vector per token (77 × 768 numbers in Stable Diffusion 1.x), and the denoiser reads them through "
    "cross-attention at every step of the sampling loop, so the prompt steers how the noise is taken away. "
    "CLIP's image tower is not used at all, and no picture is looked up: every picture is drawn from noise.")
+
+# ----------------------------------------------------------------------------- chapter 09
+
+question("guidance_variety", options={
+    "a": "guidance does not add randomness: the seeds start from the same noises as before, and every step is now "
+         "pulled harder towards what the prompt asks. Look at the guidance row and at the variety curve: which way "
+         "does it go from s = 1 to s = 7.5?",
+    "b": "it is tempting — guidance pushes every seed the same way — but the measurement did not find it here. "
+         "Compare the variety curve's two ends, and look at the pictures at s = 1: are they wrong more often?",
+    "c": "the seeds still differ, but s multiplies the prompt's pull at every one of the 20 steps, and a stronger "
+         "pull leaves a seed less room of its own. Compare the variety curve's two ends",
+}, why="Classifier-free guidance trades variety for following the prompt: every step moves each picture s times as "
+   "far along the prompt's direction, towards the pictures the model finds most typical of it (Ho & Salimans, 2022, "
+   "measured the same trade on ImageNet: sharper, more alike, and past a point further from the real pictures). "
+   "Without guidance (s = 1) some seeds wander off the prompt — a wrong colour or shape is variety too — and at "
+   "large s the pictures of one prompt crowd together; the judge-FID curve shows what the crowding costs in realism.")
+
+question("negative_red", options={
+    "a": "the negative prompt takes the empty prompt's place in ε̂ = ε(neg) + s · (ε(prompt) − ε(neg)): the prompt's "
+         "own prediction still asks for red, and 'red' in the negative only takes red out of the *direction* that "
+         "guidance amplifies. Count the red circles in the row",
+    "b": "the prompt still says 'red', but at s = 3 the picture is steered by 3 · ε(prompt) − 2 · ε('red'): the "
+         "negative enters with the weight −2. Count the red circles in the row",
+    "c": "a negative prompt is not noise: it is another prompt's prediction, and the positive prompt still carries "
+         "s times its weight. Look at the row: what do the pictures show?",
+}, why="Guidance extrapolates from the negative prompt's prediction through the prompt's. What both share — here "
+   "'red' — cancels out of the direction, so it is no longer amplified, while what only the prompt says (a circle, "
+   "on blue) is. A negative prompt removes best what the prompt leaves open: 'large' as the negative of a prompt "
+   "that names no size makes every circle small. That is how Stable Diffusion users use it — 'blurry, extra "
+   "fingers' — never to contradict their own prompt.")
+
+question("held_out_prompts", options={
+    "a": "a model that could only repeat its training pictures would fail here — but the U-Net never learned 'white "
+         "circle on green' as one thing: cross-attention reads 'white', 'circle' and 'green … background' as "
+         "separate tokens, each seen thousands of times in other company. Look at the bars",
+    "b": "compare each bar with the dashed line of the training compositions: at least one held-out composition "
+         "falls well below it. Generalisation is not all-or-nothing; look at what the judge reads in the worst "
+         "one's pictures",
+    "c": "look for a bar below one half and compare the overall rate with the dashed line. If no bar is that low "
+         "and the rates are close, nothing failed 'often' — a miss in one picture of eight is the seed's doing, not "
+         "the words'; if most bars are low, the failure is general, not in between",
+}, why="Every held-out composition is made of words the model knows, in a combination no training picture showed. "
+   "Where it draws them as well as the training compositions it has learned the attributes apart — to compose, "
+   "not to recall; where a composition fails, the judge's reading printed below the figure says how — which "
+   "attribute it drew otherwise, and as what. Measured on held-out compositions, this is the test of "
+   "generalisation that a score on the training compositions cannot give.")

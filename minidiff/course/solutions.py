@@ -142,3 +142,24 @@ def info_nce(similarities, inverse_temperature):
 def zero_shot(image_embeddings, prompt_embeddings):
     """Each picture's best prompt, argmax_k u_i · w_k: for unit vectors the dot product is the cosine."""
     return (image_embeddings @ prompt_embeddings.T).argmax(dim=1)
+
+
+# ----------------------------------------------------------------------------- chapter 09
+
+def cross_attention(q, k, v, mask):
+    """softmax_j(q_i · k_j / √d) · v over the real tokens j: each image position's scores for the S
+    tokens, the padding's set to −∞ so that e^−∞ = 0 takes it out of the softmax."""
+    scores = q @ k.transpose(1, 2) / q.shape[-1] ** 0.5        # (B, L, S)
+    scores = scores.masked_fill(~mask[:, None, :], float("-inf"))
+    return scores.softmax(dim=-1) @ v                            # (B, L, d)
+
+
+def classifier_free_guidance(conditional, unconditional, guidance_scale):
+    """ε̂ = ε(z | ∅) + s · (ε(z | c) − ε(z | ∅)): from the empty prompt's prediction, s steps towards
+    the prompt's."""
+    return unconditional + guidance_scale * (conditional - unconditional)
+
+
+def guidance_from_w(conditional, unconditional, w):
+    """ε̂ = (1 + w) · ε(z | c) − w · ε(z | ∅): Imagen's way of writing the same, with w = s − 1."""
+    return (1 + w) * conditional - w * unconditional
