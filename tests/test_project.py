@@ -67,12 +67,15 @@ def test_chapter_is_committed_clean_with_outputs(notebook):
 
 def test_cli_lists_its_subcommands():
     out = subprocess.run([sys.executable, "-m", "minidiff", "--help"], capture_output=True, text=True).stdout
-    for command in ("demo", "train", "sample", "evaluate", "data"):
+    for command in ("demo", "train", "ship", "sample", "generate", "evaluate", "data"):
         assert re.search(rf"\b{command}\b", out)
 
 
-def test_readme_starts_with_the_two_commands():
+def test_readme_starts_with_the_flagship_command_and_the_two_make_commands():
     head = (ROOT / "README.md").read_text().split("\n## ")[0]
+    first = head.split("```")[1]  # the first code block: typing a sentence, in both languages
+    assert 'python -m minidiff generate "a large red circle on a blue background, top left"' in first
+    assert 'python -m minidiff generate "蓝色背景上的一个大红色圆形，左上角"' in first
     assert "make demo" in head and "make test" in head
 
 
