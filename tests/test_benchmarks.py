@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from minidiff.datasets.shapes import ATTRIBUTES
 from minidiff.diffusion.samplers import SAMPLERS
 from minidiff.weights import read_manifest
 
@@ -146,9 +147,26 @@ def check_clip_speed(tmp_path, monkeypatch, capsys):
         assert min(row["train_images_per_s"], row["encode_images_per_s"], row["encode_captions_per_s"]) > 0
 
 
+def check_text_to_image(tmp_path, monkeypatch, capsys):
+    out = smoke("text_to_image.py", tmp_path, monkeypatch)
+    report = written(out / "text_to_image.json", like="text_to_image.json")
+    assert (out / "text_to_image_guidance.png").stat().st_size > 0
+    assert report["trained_steps"] == read_manifest()["t2i_shapes"]["steps"]
+    assert [r["guidance_scale"] for r in report["rows"]] == [1.0, 3.0]
+    for row in report["rows"]:
+        for where in ("train_compositions", "held_out_compositions"):
+            measured = row["en"][where]
+            assert set(measured["accuracy"]) == set(ATTRIBUTES) and 0 <= measured["all_correct"] <= 1
+    assert set(report["prompt_editing"]) == set(ATTRIBUTES)
+    assert all(0 <= e["edited_as_asked"] <= 1 and 0 <= e["others_kept"] <= 1 for e in report["prompt_editing"].values())
+    speed = report["speed"]
+    assert speed["one_picture_s"] > 0 and speed["guided_pictures_per_s"] > 0 and speed["guidance_cost"] > 0
+
+
 CHECKS = {"sampling_speed.py": check_sampling_speed, "clip_speed.py": check_clip_speed, "latent_vs_pixel.py": check_latent_vs_pixel,
           "fid_vs_nfe.py": check_fid_vs_nfe, "samplers_vs_diffusers.py": check_samplers_vs_diffusers,
-          "ddpm_vs_diffusers.py": check_ddpm_vs_diffusers, "protocol_cost.py": check_protocol_cost}
+          "ddpm_vs_diffusers.py": check_ddpm_vs_diffusers, "protocol_cost.py": check_protocol_cost,
+          "text_to_image.py": check_text_to_image}
 FAST = {"sampling_speed.py"}  # about a second; the others load the judge's test statistics or train
 
 
