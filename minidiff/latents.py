@@ -46,6 +46,12 @@ def encode_latents(vae, images: torch.Tensor, batch_size: int = 500) -> torch.Te
     return codes * vae.config.scaling_factor
 
 
+def to_model_space(decode, images: torch.Tensor) -> torch.Tensor:
+    """Pictures in [-1, 1] → what the denoiser works on: the pictures themselves for a pixel model
+    (``decode`` None), their scaled latents for a latent one (by ``decode.vae``, see ``latent_decoder``)."""
+    return images if decode is None else encode_latents(decode.vae, images)
+
+
 def latent_decoder(vae):
     """The pipeline's last step for a latent model: scaled latents → pictures, decode(z / s). The
     autoencoder travels with it as ``decode.vae`` (to encode pictures for the same model)."""

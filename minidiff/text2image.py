@@ -18,7 +18,7 @@ import torch
 
 from minidiff.diffusion.pipeline import generate
 from minidiff.files import DataError
-from minidiff.latents import load_denoiser
+from minidiff.latents import load_denoiser, to_model_space
 from minidiff.models.clip import CLIP
 from minidiff.models.tokenizer import Tokenizer
 from minidiff.weights import load_clip, read_manifest
@@ -81,17 +81,22 @@ def load_text_to_image(name: str, directory=None):
 
 
 def text_to_image(model, encoder: PromptEncoder, prompt, *, n: int | None = None, negative_prompt: str = "",
-                  guidance_scale: float = 3.0, decode=None, **options) -> torch.Tensor:
+                  guidance_scale: float = 3.0, decode=None, image=None, strength: float = 1.0,
+                  **options) -> torch.Tensor:
     """Pictures (N, C, H, W) in [-1, 1] for ``prompt`` — one string drawn ``n`` times (default 1), or a
     list of N prompts, one picture each — guided away from ``negative_prompt``; ``options`` go to
     ``generate`` (``sampler``, ``num_inference_steps``, ``seed``, …). Picture i's noise depends only
-    on (seed, i): the same seed with an edited prompt starts from the same noise."""
+    on (seed, i): the same seed with an edited prompt starts from the same noise.
+
+    img2img: with ``image`` (pictures in [-1, 1], one for all or one per prompt), start from it noised
+    and redraw a share ``strength`` of the steps (``minidiff.diffusion.pipeline``'s SDEdit)."""
     prompts = [prompt] * (n or 1) if isinstance(prompt, str) else list(prompt)
     if n is not None and len(prompts) != n:
         raise ValueError(f"got {len(prompts)} prompts but n = {n}: give one prompt, or one per picture")
     cond, uncond = encoder.pair(prompts, negative_prompt)
+    init = None if image is None else to_model_space(decode, torch.as_tensor(image))
     return generate(model, len(prompts), cond=cond, uncond=uncond, guidance_scale=guidance_scale, decode=decode,
-                    **options)
+                    init=init, strength=strength, **options)
 
 
 @torch.no_grad()

@@ -206,3 +206,67 @@ def test_a_device_this_machine_lacks_is_one_clear_error():
         with pytest.raises(ValueError, match="this machine has no CUDA GPU"):
             pick_device("cuda")
     assert pick_device("cpu") == torch.device("cpu")
+
+
+# ----------------------------------------------------------------------------- img2img (SDEdit)
+
+def _calls(model):
+    """Count the network's calls on ``model`` (one per picture batch per step)."""
+    calls = []
+    model.register_forward_hook(lambda *_: calls.append(1))
+    return calls
+
+
+@pytest.mark.parametrize("strength, steps, run", [(0.3, 20, 6), (0.29, 100, 29), (0.5, 7, 3), (1.0, 5, 5), (0.0, 5, 0)])
+def test_strength_is_the_share_of_the_planned_steps_that_runs(strength, steps, run):
+    model = tiny_unet()
+    calls = _calls(model)
+    init = torch.zeros(1, 1, 8, 8)
+    generate(model, 2, sampler="euler", num_inference_steps=steps, init=init, strength=strength, progress=False)
+    assert len(calls) == run
+
+
+def test_img2img_starts_from_the_picture_noised_to_the_first_remaining_level():
+    """x = x₀ + σ_k·ε with σ_k the (N − k)-th planned σ and ε the seed's starting noise."""
+    model, init, seen = tiny_unet(), torch.rand(3, 1, 8, 8) * 2 - 1, []
+    generate(model, 3, sampler="ddim", num_inference_steps=10, init=init, strength=0.4, seed=5, progress=False,
+             callback=lambda info: seen.append(info))
+    sigmas = samplers.sigmas_uniform_t(model.noise_schedule.sigmas, 10)
+    assert seen[0]["sigma"] == sigmas[6] and len(seen) == 4
+    assert torch.allclose(seen[0]["x"], init + sigmas[6] * starting_noise(3, (1, 8, 8), 5), atol=1e-6)
+
+
+def test_strength_one_is_text_to_image_and_strength_zero_the_picture_itself():
+    model, init = tiny_unet(), torch.rand(1, 1, 8, 8) * 2 - 1
+    fresh = generate(model, 2, sampler="dpmpp_2m", num_inference_steps=6, seed=3, progress=False)
+    assert torch.equal(generate(model, 2, sampler="dpmpp_2m", num_inference_steps=6, seed=3, init=init, strength=1.0,
+                                progress=False), fresh)
+    kept = generate(model, 2, sampler="dpmpp_2m", num_inference_steps=6, init=init, strength=0.0, decode=lambda z: z / 2,
+                    progress=False)
+    assert torch.equal(kept, (init / 2).expand(2, -1, -1, -1))
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "euler", "heun", "dpmpp_2m"])
+def test_a_picture_the_denoiser_already_believes_is_kept_at_every_strength(sampler):
+    """If D(x, σ) = x₀ for every x (the network "knows" the picture), the ODE from x₀ + σ_k·ε lands on x₀
+    exactly: img2img changes nothing that the model would draw anyway."""
+    x0 = torch.rand(2, 1, 8, 8) * 1.6 - 0.8
+    model = ExactModel(x0.double(), "v_prediction")
+    model.sample_shape, model.config.num_train_steps = (1, 8, 8), 1000
+    model.parameters = lambda: iter([torch.zeros(1)])
+    for strength in (0.2, 0.6, 0.9):
+        out = generate(model, 2, sampler=sampler, num_inference_steps=10, init=x0.double(), strength=strength,
+                       progress=False)
+        assert torch.allclose(out, x0.double(), atol=1e-5)
+
+
+def test_bad_img2img_options_are_one_clear_error():
+    model, init = tiny_unet(), torch.zeros(1, 1, 8, 8)
+    for strength in (-0.1, 1.5, "0.5"):
+        with pytest.raises(ValueError, match="strength must be a number from 0"):
+            generate(model, 1, sampler="euler", num_inference_steps=3, init=init, strength=strength, progress=False)
+    with pytest.raises(ValueError, match="give the picture"):
+        generate(model, 1, sampler="euler", num_inference_steps=3, strength=0.5, progress=False)
+    with pytest.raises(ValueError, match=r"starting pictures are \(1, 1, 16, 16\); this model needs \(1 or 2, 1, 8, 8\)"):
+        generate(model, 2, sampler="euler", num_inference_steps=3, init=torch.zeros(1, 1, 16, 16), strength=0.5,
+                 progress=False)

@@ -130,6 +130,25 @@ def test_a_model_is_only_loaded_with_the_clip_it_learned_with(encoder, unet, tmp
         load_text_to_image("vae_tiny", directory=tmp_path)
 
 
+def test_img2img_starts_from_the_pictures_latent(encoder, unet, tmp_path):
+    """``text_to_image(image=…)`` encodes the picture with the model's own autoencoder: strength 0 gives
+    back the autoencoder's reconstruction, strength 1 forgets the picture, in between it matters."""
+    ship_tiny(encoder, unet, tmp_path)
+    model, decode, loaded = load_text_to_image("t2i_tiny", directory=tmp_path)
+    torch.manual_seed(3)
+    picture = torch.rand(1, 3, 32, 32) * 2 - 1
+    options = dict(decode=decode, sampler="ddim", num_inference_steps=4, seed=2, progress=False)
+    with torch.no_grad():
+        reconstruction = decode.vae.eval().decode(decode.vae.encode(picture)[0]).clamp(-1, 1)  # z·s / s
+    kept = text_to_image(model, loaded, CAPTIONS[0], image=picture, strength=0.0, **options)
+    torch.testing.assert_close(kept, reconstruction, atol=1e-5, rtol=1e-5)
+    fresh = text_to_image(model, loaded, CAPTIONS[0], **options)
+    assert torch.equal(text_to_image(model, loaded, CAPTIONS[0], image=picture, strength=1.0, **options), fresh)
+    half = text_to_image(model, loaded, CAPTIONS[0], image=picture, strength=0.5, **options)
+    other = text_to_image(model, loaded, CAPTIONS[0], image=-picture, strength=0.5, **options)
+    assert (half - other).abs().max() > 1e-3
+
+
 def test_the_generate_command_draws_any_prompt_and_says_what_goes_wrong_in_one_line(encoder, unet, tmp_path,
                                                                                      monkeypatch, capsys):
     ship_tiny(encoder, unet, tmp_path / "data" / "checkpoints")
