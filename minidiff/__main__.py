@@ -88,15 +88,20 @@ def cmd_sample(args):
 
 
 def cmd_generate(args):
-    from minidiff.course.generators import check_samples_path, save_samples
-    from minidiff.text2image import load_text_to_image, text_to_image
+    """generate and img2img: a prompt drawn by a shipped text-to-image model, from noise or from a picture."""
+    from minidiff.course.generators import check_samples_path, load_picture, save_samples
+    from minidiff.text2image import load_text_to_image, picture_shape, text_to_image
     check_samples_path(args.out)  # before any work
     model, decode, encoder = load_text_to_image(args.model)
     warnings.showwarning = lambda message, *_, **__: print(f"warning: {message}", file=sys.stderr)  # one line
+    start = {}
+    if getattr(args, "image", None):
+        channels, size = picture_shape(model, decode)
+        start = {"image": load_picture(args.image, size, channels), "strength": args.strength}
     try:
         images = text_to_image(model, encoder, args.prompt, n=args.n, negative_prompt=args.negative,
                                guidance_scale=args.guidance, decode=decode, sampler=args.sampler,
-                               num_inference_steps=args.steps, seed=args.seed)
+                               num_inference_steps=args.steps, seed=args.seed, **start)
     except ValueError as err:  # e.g. an unknown sampler, with the list to choose from
         sys.exit(f"error: {err}")
     for path in save_samples(images, None, args.out):
@@ -160,6 +165,19 @@ def number(low: float, high: float):
     return _in_range(float, "a number", low, high, "g")
 
 
+def drawing_options(p, out: str) -> None:
+    """What every text-to-image command takes besides the prompt."""
+    p.add_argument("--negative", default="", help="a negative prompt: what to steer away from (default: none)")
+    p.add_argument("--guidance", type=number(0, 50), default=3.0, help="guidance scale s (1: none; default 3)")
+    p.add_argument("--steps", type=count(1, 1000), default=20, help="sampling steps (default 20)")
+    p.add_argument("--sampler", default="dpmpp_2m", help="default dpmpp_2m; any of " + ", ".join(SAMPLERS))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-n", type=count(1, 10_000), default=4, help="how many pictures (1 to 10,000; default 4)")
+    p.add_argument("--model", default="t2i_shapes", help="a shipped text-to-image model (default t2i_shapes)")
+    p.add_argument("--out", default=out)
+    p.set_defaults(run=cmd_generate)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m minidiff",
                                      description="minidiff: how AI image generation works, from scratch.")
@@ -201,15 +219,15 @@ def main(argv=None):
     p = sub.add_parser("generate", help="text to image: draw pictures of a prompt (English or Chinese) into a PNG "
                                          "grid + safetensors")
     p.add_argument("prompt", help='what to draw, e.g. "a large red circle on a blue background, top left"')
-    p.add_argument("--negative", default="", help="a negative prompt: what to steer away from (default: none)")
-    p.add_argument("--guidance", type=number(0, 50), default=3.0, help="guidance scale s (1: none; default 3)")
-    p.add_argument("--steps", type=count(1, 1000), default=20, help="sampling steps (default 20)")
-    p.add_argument("--sampler", default="dpmpp_2m", help="default dpmpp_2m; any of " + ", ".join(SAMPLERS))
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("-n", type=count(1, 10_000), default=4, help="how many pictures (1 to 10,000; default 4)")
-    p.add_argument("--model", default="t2i_shapes", help="a shipped text-to-image model (default t2i_shapes)")
-    p.add_argument("--out", default="outputs/generated.png")
-    p.set_defaults(run=cmd_generate)
+    drawing_options(p, "outputs/generated.png")
+
+    p = sub.add_parser("img2img", help="start from a picture: noise it by --strength and redraw it with a prompt")
+    p.add_argument("image", help="a PNG or JPEG (resized to the model's size, with a note)")
+    p.add_argument("prompt", help='what to draw, e.g. "a red circle on a yellow background"; "" for none')
+    p.add_argument("--strength", type=number(0, 1), default=0.6,
+                   help="how much is redrawn: the share of the steps run, from 0 (the picture) to 1 (all new; "
+                        "default 0.6)")
+    drawing_options(p, "outputs/img2img.png")
 
     p = sub.add_parser("evaluate", help="score samples with the course's protocols (digits: classifier-FID and more; "
                                          "shapes: judge-FID, attribute histograms and accuracy)")

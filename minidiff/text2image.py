@@ -80,6 +80,14 @@ def load_text_to_image(name: str, directory=None):
     return model, decode, PromptEncoder(*load_clip(wanted["name"], directory=directory))
 
 
+def picture_shape(model, decode=None) -> tuple[int, int]:
+    """(channels, size) of the pictures a model draws: its own sample's for a pixel model, its
+    autoencoder's for a latent one."""
+    if decode is None:
+        return model.sample_shape[0], model.sample_shape[-1]
+    return decode.vae.config.in_channels, decode.vae.config.image_size
+
+
 def text_to_image(model, encoder: PromptEncoder, prompt, *, n: int | None = None, negative_prompt: str = "",
                   guidance_scale: float = 3.0, decode=None, image=None, strength: float = 1.0,
                   **options) -> torch.Tensor:

@@ -1,6 +1,7 @@
 """The text-to-image pipeline: prompts become the U-Net's cross-attention condition (the negative
 prompt's with the same number of tokens), caption dropout trains the empty prompt, a picture's noise
 depends only on (seed, i), and a model is never paired with another CLIP than the one it learned with."""
+import numpy as np
 import pytest
 import torch
 
@@ -169,6 +170,40 @@ def test_the_generate_command_draws_any_prompt_and_says_what_goes_wrong_in_one_l
                        (["--out", str(tmp_path / "x.jpg")], "ending in .png")]:
         with pytest.raises(SystemExit) as stop:
             main(["generate", "a red circle", "--model", "t2i_tiny", *argv])
+        message = str(stop.value.code) if stop.value.code not in (None, 2) else capsys.readouterr().err
+        assert said in message and "Traceback" not in message, (argv, message)
+
+
+def test_the_img2img_command_starts_from_a_picture_file_and_says_what_goes_wrong_in_one_line(
+        encoder, unet, tmp_path, monkeypatch, capsys):
+    from PIL import Image
+    ship_tiny(encoder, unet, tmp_path / "data" / "checkpoints")
+    monkeypatch.setenv("MINIDIFF_DATA", str(tmp_path / "data"))
+    picture, big, out = tmp_path / "in.png", tmp_path / "big.jpg", tmp_path / "out.png"
+    pixels = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(picture)
+    Image.fromarray(pixels).resize((50, 40)).save(big)
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG not really")
+    common = ["--model", "t2i_tiny", "--steps", "4", "--out", str(out)]
+    main(["img2img", str(picture), "a red circle", "--strength", "0", "-n", "2", *common])
+    images, _ = load_samples(out.with_suffix(".safetensors"))
+    model, decode, _ = load_text_to_image("t2i_tiny")
+    start = torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 127.5 - 1
+    with torch.no_grad():
+        torch.testing.assert_close(images, decode.vae.eval().decode(decode.vae.encode(start)[0]).clamp(-1, 1)
+                                   .expand(2, -1, -1, -1), atol=1e-5, rtol=1e-5)
+    capsys.readouterr()
+    main(["img2img", str(big), "一个红色圆形", "--strength", "0.5", *common])
+    err = capsys.readouterr().err
+    assert [line for line in err.splitlines() if "warning" in line] == [
+        f"warning: {big} is 50×40; resized to the model's 32×32"]
+    assert "dpmpp_2m × 2" in err  # the progress bar counts the steps that run: half of 4
+    for argv, said in [([str(picture), "x", "--strength", "1.5"], "out of range"),
+                       ([str(tmp_path / "nope.png"), "x"], "does not exist"),
+                       ([str(tmp_path / "broken.png"), "x"], "cannot read the picture"),
+                       ([str(picture)], "the following arguments are required: prompt")]:
+        with pytest.raises(SystemExit) as stop:
+            main(["img2img", *argv, *common])
         message = str(stop.value.code) if stop.value.code not in (None, 2) else capsys.readouterr().err
         assert said in message and "Traceback" not in message, (argv, message)
 

@@ -6,6 +6,7 @@ model, found in the manifest — a chapter that ships a model adds nothing here.
 a PNG grid (to look at) and a safetensors file (to score with ``python -m minidiff evaluate``).
 """
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -166,3 +167,45 @@ def load_samples(path):
                         + ("one label each." if digits else "five attribute labels each (shape, colour, background, "
                            "size, position)."))
     return images, labels
+
+
+def _open_picture(path, what: str) -> Image.Image:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{what} {path} does not exist: give the path of a PNG or JPEG file")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        raise DataError(f"cannot read {what} {path} as a picture ({err}): give a PNG or JPEG file") from err
+
+
+def load_picture(path, size: int, channels: int) -> torch.Tensor:
+    """A picture file as the models see it: (1, channels, size, size) in [-1, 1]. Colour or grey is
+    converted to what the model draws (RGB or grey; transparency onto white), and a picture of another
+    size is resized (Lanczos), with one warning that says so."""
+    image = _open_picture(path, "the picture")
+    if image.mode in ("RGBA", "LA", "P"):
+        image = image.convert("RGBA")
+        image = Image.alpha_composite(Image.new("RGBA", image.size, "white"), image)
+    image = image.convert("RGB" if channels == 3 else "L")
+    if image.size != (size, size):
+        warnings.warn(f"{path} is {image.size[0]}×{image.size[1]}; resized to the model's {size}×{size}")
+        image = image.resize((size, size), Image.LANCZOS)
+    array = np.asarray(image, dtype=np.float32).reshape(size, size, channels) / 127.5 - 1
+    return torch.from_numpy(array).permute(2, 0, 1)[None].contiguous()
+
+
+def load_mask(path, size: int) -> torch.Tensor:
+    """A mask file: (1, 1, size, size), 1 where the picture is to be redrawn (white) and 0 where it is
+    kept (black), as in diffusers. It must already be the picture's size and black and white only: a
+    resized or grey mask would leave it unclear which pixels are kept exactly."""
+    image = _open_picture(path, "the mask")
+    if image.size != (size, size):
+        raise DataError(f"the mask {path} is {image.size[0]}×{image.size[1]}; it must match the picture: "
+                        f"{size}×{size}")
+    array = np.asarray(image.convert("L"))
+    if not np.isin(array, (0, 255)).all():
+        raise DataError(f"the mask {path} has grey pixels: make it black (keep) and white (redraw) only")
+    return torch.from_numpy(array == 255).float()[None, None]
