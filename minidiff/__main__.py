@@ -88,20 +88,28 @@ def cmd_sample(args):
 
 
 def cmd_generate(args):
-    """generate and img2img: a prompt drawn by a shipped text-to-image model, from noise or from a picture."""
-    from minidiff.course.generators import check_samples_path, load_picture, save_samples
+    """generate, img2img and inpaint: a prompt drawn by a shipped text-to-image model, from noise, from a
+    picture, or into a picture's hole."""
+    from minidiff.course.generators import check_samples_path, load_mask, load_picture, save_samples
+    from minidiff.inpainting import inpaint
     from minidiff.text2image import load_text_to_image, picture_shape, text_to_image
     check_samples_path(args.out)  # before any work
     model, decode, encoder = load_text_to_image(args.model)
     warnings.showwarning = lambda message, *_, **__: print(f"warning: {message}", file=sys.stderr)  # one line
-    start = {}
+    draw, options = text_to_image, {}
     if getattr(args, "image", None):
         channels, size = picture_shape(model, decode)
-        start = {"image": load_picture(args.image, size, channels), "strength": args.strength}
+        image = load_picture(args.image, size, channels)
+        if getattr(args, "mask", None):
+            draw, options = inpaint, {"mask": load_mask(args.mask, args.image, size),
+                                      "jump_length": args.jump_length, "resamplings": args.resamplings}
+        else:
+            options = {"strength": args.strength}
+        options["image"] = image
     try:
-        images = text_to_image(model, encoder, args.prompt, n=args.n, negative_prompt=args.negative,
-                               guidance_scale=args.guidance, decode=decode, sampler=args.sampler,
-                               num_inference_steps=args.steps, seed=args.seed, **start)
+        images = draw(model, encoder, prompt=args.prompt, n=args.n, negative_prompt=args.negative,
+                      guidance_scale=args.guidance, decode=decode, sampler=args.sampler,
+                      num_inference_steps=args.steps, seed=args.seed, **options)
     except ValueError as err:  # e.g. an unknown sampler, with the list to choose from
         sys.exit(f"error: {err}")
     for path in save_samples(images, None, args.out):
@@ -165,12 +173,12 @@ def number(low: float, high: float):
     return _in_range(float, "a number", low, high, "g")
 
 
-def drawing_options(p, out: str) -> None:
+def drawing_options(p, out: str, sampler: str = "dpmpp_2m") -> None:
     """What every text-to-image command takes besides the prompt."""
     p.add_argument("--negative", default="", help="a negative prompt: what to steer away from (default: none)")
     p.add_argument("--guidance", type=number(0, 50), default=3.0, help="guidance scale s (1: none; default 3)")
     p.add_argument("--steps", type=count(1, 1000), default=20, help="sampling steps (default 20)")
-    p.add_argument("--sampler", default="dpmpp_2m", help="default dpmpp_2m; any of " + ", ".join(SAMPLERS))
+    p.add_argument("--sampler", default=sampler, help=f"default {sampler}; any of " + ", ".join(SAMPLERS))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-n", type=count(1, 10_000), default=4, help="how many pictures (1 to 10,000; default 4)")
     p.add_argument("--model", default="t2i_shapes", help="a shipped text-to-image model (default t2i_shapes)")
@@ -228,6 +236,17 @@ def main(argv=None):
                    help="how much is redrawn: the share of the steps run, from 0 (the picture) to 1 (all new; "
                         "default 0.6)")
     drawing_options(p, "outputs/img2img.png")
+
+    p = sub.add_parser("inpaint", help="redraw the white part of a mask in a picture with a prompt (RePaint); the "
+                                        "black part is kept exactly")
+    p.add_argument("image", help="a PNG or JPEG (resized to the model's size, with a note)")
+    p.add_argument("mask", help="a black (keep) and white (redraw) PNG of the model's size")
+    p.add_argument("prompt", help='what to draw in the hole, e.g. "a small blue square on a red background"')
+    p.add_argument("--jump-length", type=count(1, 1000), default=5, help="RePaint: steps walked down before "
+                   "going back up (default 5)")
+    p.add_argument("--resamplings", type=count(1, 100), default=5, help="RePaint: how often each stretch is "
+                   "walked (1: no resampling; default 5)")
+    drawing_options(p, "outputs/inpainted.png", sampler="ddpm")
 
     p = sub.add_parser("evaluate", help="score samples with the course's protocols (digits: classifier-FID and more; "
                                          "shapes: judge-FID, attribute histograms and accuracy)")

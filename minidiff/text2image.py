@@ -80,6 +80,14 @@ def load_text_to_image(name: str, directory=None):
     return model, decode, PromptEncoder(*load_clip(wanted["name"], directory=directory))
 
 
+def prompt_list(prompt, n: int | None = None) -> list[str]:
+    """One prompt ``n`` times (default once), or a list of prompts, one per picture (then n must agree)."""
+    prompts = [prompt] * (n or 1) if isinstance(prompt, str) else list(prompt)
+    if n is not None and len(prompts) != n:
+        raise ValueError(f"got {len(prompts)} prompts but n = {n}: give one prompt, or one per picture")
+    return prompts
+
+
 def picture_shape(model, decode=None) -> tuple[int, int]:
     """(channels, size) of the pictures a model draws: its own sample's for a pixel model, its
     autoencoder's for a latent one."""
@@ -98,12 +106,9 @@ def text_to_image(model, encoder: PromptEncoder, prompt, *, n: int | None = None
 
     img2img: with ``image`` (pictures in [-1, 1], one for all or one per prompt), start from it noised
     and redraw a share ``strength`` of the steps (``minidiff.diffusion.pipeline``'s SDEdit)."""
-    prompts = [prompt] * (n or 1) if isinstance(prompt, str) else list(prompt)
-    if n is not None and len(prompts) != n:
-        raise ValueError(f"got {len(prompts)} prompts but n = {n}: give one prompt, or one per picture")
-    cond, uncond = encoder.pair(prompts, negative_prompt)
+    cond, uncond = encoder.pair(prompt_list(prompt, n), negative_prompt)
     init = None if image is None else to_model_space(decode, torch.as_tensor(image))
-    return generate(model, len(prompts), cond=cond, uncond=uncond, guidance_scale=guidance_scale, decode=decode,
+    return generate(model, len(cond["context"]), cond=cond, uncond=uncond, guidance_scale=guidance_scale, decode=decode,
                     init=init, strength=strength, **options)
 
 

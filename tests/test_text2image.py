@@ -208,6 +208,37 @@ def test_the_img2img_command_starts_from_a_picture_file_and_says_what_goes_wrong
         assert said in message and "Traceback" not in message, (argv, message)
 
 
+def test_the_inpaint_command_keeps_the_black_part_and_says_what_goes_wrong_in_one_line(
+        encoder, unet, tmp_path, monkeypatch, capsys):
+    from PIL import Image
+    ship_tiny(encoder, unet, tmp_path / "data" / "checkpoints")
+    monkeypatch.setenv("MINIDIFF_DATA", str(tmp_path / "data"))
+    picture, mask, out = tmp_path / "in.png", tmp_path / "mask.png", tmp_path / "out.png"
+    pixels = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(picture)
+    hole = np.zeros((32, 32), np.uint8)
+    hole[8:20, 10:30] = 255
+    Image.fromarray(hole).save(mask)
+    Image.fromarray(hole[:16]).save(tmp_path / "short.png")
+    Image.fromarray(hole // 2).save(tmp_path / "grey.png")
+    common = ["--model", "t2i_tiny", "--steps", "4", "--out", str(out)]
+    main(["inpaint", str(picture), str(mask), "a red circle", "-n", "2", "--jump-length", "2", "--resamplings", "2",
+          *common])
+    images, _ = load_samples(out.with_suffix(".safetensors"))
+    start = torch.from_numpy(pixels).permute(2, 0, 1).float() / 127.5 - 1
+    kept = torch.from_numpy(hole == 0)
+    assert images.shape == (2, 3, 32, 32) and torch.equal(images[:, :, kept], start[:, kept].expand(2, -1, -1))
+    assert (images[:, :, ~kept] - start[:, ~kept]).abs().max() > 0.01
+    for argv, said in [([str(picture), str(tmp_path / "short.png"), "x"], "is 32×16 but the picture is 32×32"),
+                       ([str(picture), str(tmp_path / "grey.png"), "x"], "has grey pixels"),
+                       ([str(picture), str(tmp_path / "none.png"), "x"], "the mask"),
+                       ([str(picture), str(mask), "x", "--resamplings", "0"], "out of range")]:
+        with pytest.raises(SystemExit) as stop:
+            main(["inpaint", *argv, *common])
+        message = str(stop.value.code) if stop.value.code not in (None, 2) else capsys.readouterr().err
+        assert said in message and "Traceback" not in message, (argv, message)
+
+
 @pytest.mark.slow  # the judge's reference statistics: 10,000 renders
 @pytest.mark.parametrize("language", ["en", "zh"])
 def test_prompt_following_reads_the_pictures_against_what_each_prompt_asked(monkeypatch, language):

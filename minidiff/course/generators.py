@@ -197,15 +197,19 @@ def load_picture(path, size: int, channels: int) -> torch.Tensor:
     return torch.from_numpy(array).permute(2, 0, 1)[None].contiguous()
 
 
-def load_mask(path, size: int) -> torch.Tensor:
-    """A mask file: (1, 1, size, size), 1 where the picture is to be redrawn (white) and 0 where it is
-    kept (black), as in diffusers. It must already be the picture's size and black and white only: a
-    resized or grey mask would leave it unclear which pixels are kept exactly."""
+def load_mask(path, picture, size: int) -> torch.Tensor:
+    """A mask file for the picture file ``picture``: (1, 1, size, size), 1 where the picture is to be
+    redrawn (white) and 0 where it is kept (black), as in diffusers. It must have the picture's size and
+    be black and white only (a grey pixel would leave it unclear whether it is kept exactly); it is
+    resized with the picture, to the nearest pixel, so it stays black and white."""
     image = _open_picture(path, "the mask")
-    if image.size != (size, size):
-        raise DataError(f"the mask {path} is {image.size[0]}×{image.size[1]}; it must match the picture: "
-                        f"{size}×{size}")
-    array = np.asarray(image.convert("L"))
-    if not np.isin(array, (0, 255)).all():
+    with Image.open(picture) as original:
+        wanted = original.size
+    if image.size != wanted:
+        raise DataError(f"the mask {path} is {image.size[0]}×{image.size[1]} but the picture is "
+                        f"{wanted[0]}×{wanted[1]}: give a mask of the picture's size")
+    image = image.convert("L")
+    if not np.isin(np.asarray(image), (0, 255)).all():
         raise DataError(f"the mask {path} has grey pixels: make it black (keep) and white (redraw) only")
-    return torch.from_numpy(array == 255).float()[None, None]
+    array = np.asarray(image.resize((size, size), Image.NEAREST)) == 255
+    return torch.from_numpy(array).float()[None, None]
