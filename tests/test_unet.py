@@ -6,7 +6,7 @@ import torch
 from minidiff.datasets.mnist import ConditionedImages
 from minidiff.diffusion.loss import diffusion_loss, unet_loss
 from minidiff.diffusion.schedules import cosine_schedule, make_schedule
-from minidiff.models.unet import UNet, UNetConfig, timestep_embedding
+from minidiff.models.unet import UNet, UNetConfig, add_input_channels, timestep_embedding
 from minidiff.train import TrainConfig, train
 
 SMALL = dict(channels=(8, 16), attention=(False, True), num_res_blocks=1, groups=4, heads=2, dropout=0.0)
@@ -104,6 +104,30 @@ def test_a_condition_the_unet_was_not_built_for_is_a_clear_error():
     batch = ConditionedImages(x, labels=torch.tensor([1, 2])).take(torch.arange(2))
     with pytest.raises(ValueError, match="built without num_classes"):
         unet_loss(small(), batch)  # an unconditional U-Net no longer ignores labels it is given
+
+
+@pytest.mark.parametrize("patch_size", [1, 2])
+def test_added_input_channels_start_as_the_same_function_and_then_are_read(patch_size):
+    """``add_input_channels``: the new first-convolution weights are zero, so the wider U-Net answers
+    exactly as the trained one, whatever picture it is given beside x_t; once they move, it reads it."""
+    base = small(patch_size=patch_size, context_dim=6, image_size=16)
+    nn_init_head_nonzero(base)
+    wider = add_input_channels(base, 3)
+    x, t = torch.randn(2, 1, 16, 16), torch.tensor([10, 700])
+    cond = {"context": torch.randn(2, 4, 6), "context_mask": torch.ones(2, 4, dtype=torch.bool)}
+    with torch.no_grad():
+        expected = base(x, t, cond)
+        for concat in (torch.randn(2, 3, 16, 16), torch.zeros(2, 3, 16, 16)):
+            torch.testing.assert_close(wider(x, t, {**cond, "concat": concat}), expected, atol=1e-6, rtol=0)
+        wider.stem.weight[:, -1].normal_()
+        assert (wider(x, t, {**cond, "concat": torch.randn(2, 3, 16, 16)}) - expected).abs().max() > 1e-3
+    assert wider.config.concat_channels == 3 and base.config.concat_channels == 0
+    with pytest.raises(ValueError, match=r"reads 3 more channels beside x_t: pass cond=\{'concat': \(B, 3, 16, 16\)\}, got none"):
+        wider(x, t, cond)
+    with pytest.raises(ValueError, match=r"got \(2, 16, 16\)"):
+        wider(x, t, {**cond, "concat": torch.zeros(2, 2, 16, 16)})
+    with pytest.raises(ValueError, match="built without concat_channels"):
+        base(x, t, {**cond, "concat": torch.zeros(2, 3, 16, 16)})
 
 
 def test_the_batchs_conditions_reach_the_network_unchanged():

@@ -7,7 +7,8 @@ connections* — so that fine detail does not have to squeeze through the bottom
 
 Inputs: noisy images x_t (B, C, H, W), the noise step t (B,) — an integer in [0, T) or a fractional
 one from a sampler — and ``cond``, one mapping of conditions: class ``labels`` (B,), a text
-``context`` (B, L, D) with its ``context_mask`` (B, L). Output: a tensor shaped like x_t, read as
+``context`` (B, L, D) with its ``context_mask`` (B, L), pictures to read beside x_t, ``concat``
+(B, C', H, W). Output: a tensor shaped like x_t, read as
 ε, x_0 or v according to the config's ``prediction_type``.
 
 ``patch_size`` p > 1 first folds each p×p patch of pixels into channels (``pixel_unshuffle``: a
@@ -22,7 +23,10 @@ How the conditions get in:
 * labels: a learned embedding added to the time embedding; label ``num_classes`` is the "null"
   label (no condition) that classifier-free guidance needs;
 * context: cross-attention from image positions to the context tokens, in the attention blocks
-  (the shared ``minidiff.models.attention.TransformerBlock``; ``context_dim`` switches it on).
+  (the shared ``minidiff.models.attention.TransformerBlock``; ``context_dim`` switches it on);
+* concat: ``concat_channels`` more input channels, stacked onto x_t before the first convolution —
+  a condition that is itself a picture of the same size, such as the inpainting model's masked picture
+  and mask (``add_input_channels`` grows a trained U-Net so, starting as the very same function).
 """
 import math
 from dataclasses import dataclass
@@ -94,6 +98,7 @@ class UNetConfig:
     groups: int = 8
     num_classes: int | None = None        # class labels (plus one null label for guidance)
     context_dim: int | None = None        # a text context (B, L, context_dim) through cross-attention
+    concat_channels: int = 0              # picture-shaped conditions (B, concat_channels, H, W) read beside x_t
     feed_forward: int = 4                 # attention blocks' feed-forward width, × channels (0: none)
     prediction_type: str = "epsilon"
     schedule: str = "cosine"
@@ -132,7 +137,7 @@ class UNet(nn.Module):
                 layers.append(ImageAttention(c_out, c.heads, c.groups, c.context_dim, c.feed_forward))
             return layers
 
-        self.stem = nn.Conv2d(c.in_channels * c.patch_size ** 2, c.channels[0], 3, padding=1)
+        self.stem = nn.Conv2d((c.in_channels + c.concat_channels) * c.patch_size ** 2, c.channels[0], 3, padding=1)
         self.down, skips, width = nn.ModuleList(), [c.channels[0]], c.channels[0]
         for level, (c_level, attend) in enumerate(zip(c.channels, c.attention)):
             for _ in range(c.num_res_blocks):
@@ -163,19 +168,26 @@ class UNet(nn.Module):
 
     def check_cond(self, cond: dict, batch: int) -> None:
         """Refuse, with one clear line, a condition this U-Net was not built for, or one it lacks."""
-        built = {"labels": self.config.num_classes is not None, "context": self.config.context_dim is not None,
-                 "context_mask": self.config.context_dim is not None}
+        c = self.config
+        built = {"labels": c.num_classes is not None, "context": c.context_dim is not None,
+                 "context_mask": c.context_dim is not None, "concat": c.concat_channels > 0}
+        options = {"labels": "num_classes", "context": "context_dim", "context_mask": "context_dim",
+                   "concat": "concat_channels"}
         for key, value in cond.items():
             if key not in built:
                 raise ValueError(f"unknown condition {key!r}; a U-Net takes {', '.join(built)}")
             if not built[key]:
-                option = "num_classes" if key == "labels" else "context_dim"
-                raise ValueError(f"this U-Net was built without {option}: it takes no {key!r} condition")
+                raise ValueError(f"this U-Net was built without {options[key]}: it takes no {key!r} condition")
             if value.shape[0] != batch:
                 raise ValueError(f"condition {key!r} holds {value.shape[0]} rows for a batch of {batch}")
         if built["context"] and "context" not in cond:
-            raise ValueError(f"this U-Net was built with context_dim={self.config.context_dim}: pass "
+            raise ValueError(f"this U-Net was built with context_dim={c.context_dim}: pass "
                              "cond={'context': (B, L, context_dim)} (the empty prompt's for no prompt)")
+        wanted = (c.concat_channels, c.image_size, c.image_size)
+        if built["concat"] and ("concat" not in cond or tuple(cond["concat"].shape[1:]) != wanted):
+            got = tuple(cond["concat"].shape[1:]) if "concat" in cond else "none"
+            raise ValueError(f"this U-Net reads {c.concat_channels} more channels beside x_t: pass "
+                             f"cond={{'concat': (B, {', '.join(map(str, wanted))})}}, got {got}")
 
     def null_cond(self, cond: dict) -> dict:
         """The unconditional twin of ``cond`` that classifier-free guidance needs, where the U-Net
@@ -209,6 +221,8 @@ class UNet(nn.Module):
             if labels is None:
                 labels = torch.full((x.shape[0],), self.config.num_classes, device=x.device)  # the null label
             emb = emb + self.label_embedding(labels)
+        if "concat" in cond:
+            x = torch.cat([x, cond["concat"]], dim=1)
         h = self.stem(F.pixel_unshuffle(x, self.config.patch_size))
         hs = [h]
         for layers in self.down:
@@ -245,3 +259,17 @@ class UNet(nn.Module):
         schedule = NoiseSchedule(config["schedule"], config["num_train_steps"]).state_dict()
         state.update({f"noise_schedule.{k}": v for k, v in schedule.items()})
         return config, state
+
+
+def add_input_channels(model: UNet, extra: int) -> UNet:
+    """A copy of a trained ``model`` that also reads ``extra`` picture-shaped channels (``cond["concat"]``),
+    with the first convolution's weights for them at zero: until training moves them, it computes exactly
+    what ``model`` did, whatever it is given there (how Stable Diffusion's inpainting model starts)."""
+    config = model.config
+    wider = UNet(UNetConfig(**{**config.__dict__, "concat_channels": config.concat_channels + extra}))
+    state = dict(model.state_dict())
+    stem = state["stem.weight"]
+    state["stem.weight"] = torch.cat([stem, stem.new_zeros(stem.shape[0], extra * config.patch_size ** 2,
+                                                          *stem.shape[2:])], dim=1)
+    wider.load_state_dict(state)
+    return wider.to(stem.device)
