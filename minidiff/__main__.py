@@ -242,10 +242,10 @@ def main(argv=None):
     p.add_argument("image", help="a PNG or JPEG (resized to the model's size, with a note)")
     p.add_argument("mask", help="a black (keep) and white (redraw) PNG of the model's size")
     p.add_argument("prompt", help='what to draw in the hole, e.g. "a small blue square on a red background"')
-    p.add_argument("--jump-length", type=count(1, 1000), default=5, help="RePaint: steps walked down before "
-                   "going back up (default 5)")
-    p.add_argument("--resamplings", type=count(1, 100), default=5, help="RePaint: how often each stretch is "
-                   "walked (1: no resampling; default 5)")
+    p.add_argument("--jump-length", type=count(1, 1000), help="RePaint: steps walked down before going back up "
+                   "(default 5)")
+    p.add_argument("--resamplings", type=count(1, 100), help="RePaint: how often each stretch is walked "
+                   "(1: no resampling; default 5)")
     drawing_options(p, "outputs/inpainted.png", sampler="ddpm")
 
     p = sub.add_parser("evaluate", help="score samples with the course's protocols (digits: classifier-FID and more; "

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from minidiff.diffusion.pipeline import starting_noise
+from minidiff.diffusion.pipeline import generate, starting_noise
 from minidiff.diffusion.samplers import default_spacing, fresh_noise, model_denoiser, sampler_info, schedule_sigmas
 from minidiff.latents import to_model_space
 
@@ -59,6 +59,18 @@ def mask_to_grid(mask: torch.Tensor, size: int) -> torch.Tensor:
     return mask if mask.shape[-1] == size else F.adaptive_max_pool2d(mask.float(), size)
 
 
+def picture_and_mask(image: torch.Tensor, mask: torch.Tensor, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """n pictures and n masks from one or n of each; a mask that is not 0 or 1 everywhere is refused."""
+    if not torch.isin(mask, torch.tensor([0.0, 1.0])).all():
+        raise ValueError("the mask must be 0 (keep) or 1 (redraw) everywhere")
+    return image.expand(n, *image.shape[1:]), mask.to(image.dtype).expand(n, 1, *image.shape[2:])
+
+
+def paste_kept(pictures: torch.Tensor, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The drawn pictures in the hole, the input's own pixels everywhere else — exactly."""
+    return mask * pictures + (1 - mask) * image
+
+
 def fill_hole(image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """The picture with the hole painted in the mean colour of its kept pixels. A latent cell describes
     more than its own 8 × 8 pixels (the encoder sees around it), so the kept cells next to the hole of the
@@ -72,7 +84,7 @@ def fill_hole(image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def repaint(model, image: torch.Tensor, mask: torch.Tensor, n: int | None = None, *, cond: dict | None = None,
             uncond: dict | None = None, guidance_scale: float = 1.0, sampler: str = "ddpm",
-            num_inference_steps: int = 50, jump_length: int = 10, resamplings: int = 1, seed: int = 0,
+            num_inference_steps: int = 20, jump_length: int = 5, resamplings: int = 5, seed: int = 0,
             decode=None, progress: bool = True, callback=None) -> torch.Tensor:
     """Inpaint ``image`` (pictures in [-1, 1], one for all or one per picture) where ``mask`` is 1, with
     RePaint's walk (``repaint_walk``) on any sampler, one step at a time (a multistep sampler therefore
@@ -84,9 +96,7 @@ def repaint(model, image: torch.Tensor, mask: torch.Tensor, n: int | None = None
     n = n or image.shape[0]
     model.eval()
     device = next(model.parameters()).device
-    if not torch.isin(mask, torch.tensor([0.0, 1.0])).all():
-        raise ValueError("the mask must be 0 (keep) or 1 (redraw) everywhere")
-    image, mask = image.expand(n, *image.shape[1:]), mask.to(image.dtype).expand(n, 1, *image.shape[2:])
+    image, mask = picture_and_mask(image, mask, n)
     known = to_model_space(decode, fill_hole(image, mask)).to(device)
     grid_mask = mask_to_grid(mask, known.shape[-1]).to(device)
     spacing = default_spacing(sampler, num_inference_steps)
@@ -110,17 +120,42 @@ def repaint(model, image: torch.Tensor, mask: torch.Tensor, n: int | None = None
             x = x + math.sqrt(sigma_there ** 2 - sigma_here ** 2) * fresh_noise(x, generator)
         if callback is not None:
             callback({"level": there, "x": x, "sigma": sigma_there})
-    pictures = (x if decode is None else decode(x)).cpu().clamp(-1, 1)
-    return mask * pictures + (1 - mask) * image
+    return paste_kept((x if decode is None else decode(x)).cpu().clamp(-1, 1), image, mask)
 
+
+
+def inpainting_condition(image: torch.Tensor, mask: torch.Tensor, decode=None) -> torch.Tensor:
+    """What a mask-conditioned inpainting model reads beside x_t (``cond["concat"]``): the picture with
+    its hole filled (``fill_hole``) in the model's space, and the mask on the same grid — C + 1 channels
+    (Stable Diffusion's inpainting U-Net reads the same two things, 4 + 1 channels)."""
+    known = to_model_space(decode, fill_hole(image, mask))
+    return torch.cat([known, mask_to_grid(mask, known.shape[-1]).to(known)], dim=1)
 
 
 def inpaint(model, encoder, image: torch.Tensor, mask: torch.Tensor, prompt, *, n: int | None = None,
-            negative_prompt: str = "", guidance_scale: float = 3.0, decode=None, **options) -> torch.Tensor:
-    """Text-guided inpainting with a text-to-image model: the hole of ``image`` under ``mask`` is drawn
-    to fit ``prompt`` (one for all ``n`` pictures, or one per picture), by ``repaint`` (``options``:
-    ``num_inference_steps``, ``jump_length``, ``resamplings``, ``sampler``, ``seed``, …)."""
+            negative_prompt: str = "", guidance_scale: float = 3.0, decode=None, jump_length: int | None = None,
+            resamplings: int | None = None, **options) -> torch.Tensor:
+    """Text-guided inpainting: the hole of ``image`` under ``mask`` is drawn to fit ``prompt`` (one for
+    all ``n`` pictures, or one per picture), and the kept pixels come back exactly. Two ways:
+
+    * a text-to-image model: ``repaint`` (``jump_length`` and ``resamplings``: see there);
+    * a mask-conditioned model (one built with ``concat_channels``, e.g. ``inpaint_shapes``): it reads
+      the known picture and the mask (``inpainting_condition``) at every step, so it is sampled as
+      usual, from noise, with any sampler and no resampling.
+
+    ``options`` go to ``repaint`` or ``generate`` (``num_inference_steps``, ``sampler``, ``seed``, …)."""
     from minidiff.text2image import prompt_list
     cond, uncond = encoder.pair(prompt_list(prompt, n), negative_prompt)
-    return repaint(model, image, mask, len(cond["context"]), cond=cond, uncond=uncond, guidance_scale=guidance_scale,
-                   decode=decode, **options)
+    n = len(cond["context"])
+    if not model.config.concat_channels:
+        walk = {k: v for k, v in (("jump_length", jump_length), ("resamplings", resamplings)) if v is not None}
+        return repaint(model, image, mask, n, cond=cond, uncond=uncond, guidance_scale=guidance_scale, decode=decode,
+                       **walk, **options)
+    if jump_length is not None or resamplings is not None:
+        raise ValueError("a mask-conditioned model sees the known picture at every step: it needs no RePaint "
+                         "resampling (leave out jump_length and resamplings)")
+    image, mask = picture_and_mask(image, mask, n)
+    concat = inpainting_condition(image, mask, decode)
+    pictures = generate(model, n, cond={**cond, "concat": concat}, uncond={**uncond, "concat": concat},
+                        guidance_scale=guidance_scale, decode=decode, **options)
+    return paste_kept(pictures, image, mask)

@@ -65,6 +65,7 @@ def test_the_kept_pixels_come_back_exactly_and_the_hole_is_drawn(resamplings):
     mask = torch.zeros(1, 1, 8, 8)
     mask[..., 2:6, 3:7] = 1
     out = repaint(model, image, mask, num_inference_steps=6, jump_length=2, resamplings=resamplings, progress=False)
+    assert out.dtype == image.dtype
     assert out.shape == (2, 1, 8, 8)
     assert torch.equal(out[:, :, mask[0, 0] == 0], image[:, :, mask[0, 0] == 0])
     assert (out - image)[:, :, mask[0, 0] == 1].abs().max() > 1e-2

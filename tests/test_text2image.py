@@ -208,6 +208,29 @@ def test_the_img2img_command_starts_from_a_picture_file_and_says_what_goes_wrong
         assert said in message and "Traceback" not in message, (argv, message)
 
 
+def test_a_mask_conditioned_model_reads_the_known_picture_and_mask_and_starts_as_its_base(encoder, unet, tmp_path):
+    """``inpaint`` with a model grown by ``add_input_channels``: sampled as usual from noise (no RePaint),
+    the kept pixels exact; before training it draws what its text-to-image base draws in the hole."""
+    from minidiff.inpainting import inpaint, inpainting_condition
+    from minidiff.models.unet import add_input_channels
+    ship_tiny(encoder, unet, tmp_path)
+    base, decode, loaded = load_text_to_image("t2i_tiny", directory=tmp_path)
+    model = add_input_channels(base, 5)
+    torch.manual_seed(4)
+    picture, mask = torch.rand(1, 3, 32, 32) * 2 - 1, torch.zeros(1, 1, 32, 32)
+    mask[..., 4:20, 8:24] = 1
+    concat = inpainting_condition(picture, mask, decode)
+    assert concat.shape == (1, 5, 8, 8) and torch.equal(concat[0, 4, 1:5, 2:6], torch.ones(4, 4))
+    options = dict(decode=decode, sampler="ddim", num_inference_steps=3, seed=1, progress=False)
+    out = inpaint(model, loaded, picture, mask, CAPTIONS[1], n=2, **options)
+    kept = mask[0, 0] == 0
+    assert out.shape == (2, 3, 32, 32) and torch.equal(out[:, :, kept], picture[:, :, kept].expand(2, -1, -1))
+    drawn = text_to_image(base, loaded, CAPTIONS[1], n=2, **options)
+    torch.testing.assert_close(out[:, :, ~kept], drawn[:, :, ~kept], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="needs no RePaint resampling"):
+        inpaint(model, loaded, picture, mask, CAPTIONS[1], resamplings=3, **options)
+
+
 def test_the_inpaint_command_keeps_the_black_part_and_says_what_goes_wrong_in_one_line(
         encoder, unet, tmp_path, monkeypatch, capsys):
     from PIL import Image
