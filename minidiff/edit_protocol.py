@@ -1,0 +1,105 @@
+"""The editing protocol (chapters 10–12): tasks made from the shapes' test renders, and what is measured.
+
+Every task starts from real test renders (``TEST_SEED``; tune on ``TUNE_SEED``) and asks for a change
+that the shapes judge can check, so "did the edit work?" is a number:
+
+* ``replacement_task`` (inpainting): the object is masked out with a box around it, and the prompt
+  asks for another object in the hole — another shape, colour or both — with the same size,
+  position and background. All five attributes of the result are checked; the background is the
+  kept part, so it also tells whether the hole was filled to match.
+* ``recolour_task`` (img2img): the prompt is the picture's own caption with another colour. The
+  result should have the asked colour *and* the input's layout: the object's mask (``object_mask``,
+  read by colour against the background) overlapping the input's (``mask_iou``).
+
+``seam_error`` measures what the eye notices at the edge of a hole: the mean step between
+neighbouring pixels across it.
+"""
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from minidiff.datasets.shapes import ATTRIBUTES, TEST_SEED, ShapesDataset, eval_caption, is_held_out
+
+HOLE_MARGIN = 3 / 32  # of the picture's side: the box reaches this far beyond the object's bounding square
+
+
+def object_box(attributes: list[dict], size: int, margin: float = HOLE_MARGIN) -> torch.Tensor:
+    """(N, 1, size, size) masks: 1 on the square box around each object, ``margin`` × size beyond its
+    bounding square — room for any shape of the same size class drawn near the same place."""
+    pixels = torch.arange(size) + 0.5
+    masks = torch.zeros(len(attributes), 1, size, size)
+    for i, a in enumerate(attributes):
+        (cx, cy), reach = a["center"], a["radius"] + margin * size
+        masks[i, 0] = (((pixels - cy).abs() <= reach)[:, None] & ((pixels - cx).abs() <= reach)[None, :]).float()
+    return masks
+
+
+def _other(attributes: dict, rng: np.random.Generator, change: tuple, compositions: str) -> dict:
+    """The attributes with the ones in ``change`` drawn anew: at least one differs, the colour is not the
+    background's, and the composition stays in ``compositions``' split."""
+    while True:
+        new = dict(attributes, **{name: ATTRIBUTES[name][int(rng.integers(len(ATTRIBUTES[name])))] for name in change})
+        if (any(new[name] != attributes[name] for name in change) and new["color"] != new["background"]
+                and (compositions == "all" or is_held_out(new) == (compositions == "held_out"))):
+            return new
+
+
+def _task(n: int, seed: int, size: int, compositions: str, language: str, change: tuple, stream: int) -> dict:
+    renders = ShapesDataset(n, seed=seed, size=size, compositions=compositions)
+    rng = np.random.default_rng([seed, stream])
+    asked = [_other(a, rng, change, compositions) for a in renders.attributes]
+    return {"images": renders.images, "object_masks": renders.masks, "given": renders.attributes,
+            "asked": asked, "prompts": [eval_caption(a, language=language) for a in asked]}
+
+
+def replacement_task(n: int, seed: int = TEST_SEED, size: int = 64, compositions: str = "train",
+                     language: str = "en") -> dict:
+    """Inpainting: n renders, the box around each object as the hole (``masks``), and the prompt (in the
+    evaluation wording) for a new object there: ``asked`` differs in shape, colour or both."""
+    task = _task(n, seed, size, compositions, language, ("shape", "color"), stream=10)
+    return {**task, "masks": object_box(task["given"], size)}
+
+
+def recolour_task(n: int, seed: int = TEST_SEED, size: int = 64, compositions: str = "train",
+                  language: str = "en") -> dict:
+    """img2img: n renders and, for each, its caption with another colour (``asked``)."""
+    return _task(n, seed, size, compositions, language, ("color",), stream=11)
+
+
+def object_mask(images: torch.Tensor, floor: float = 0.15) -> torch.Tensor:
+    """(N, 1, H, W): the object, read by colour. The background is the median colour of the picture's
+    border; a pixel is the object's if its distance from it (the largest over the channels) is at least
+    half the largest in the picture — at least half-way to the object's colour, as a pixel whose centre
+    is inside the shape is — and above ``floor`` (a picture of plain background has no object)."""
+    border = torch.cat([images[..., 0, :], images[..., -1, :], images[..., :, 0], images[..., :, -1]], dim=-1)
+    background = border.median(dim=-1).values[..., None, None]
+    distance = (images - background).abs().amax(1, keepdim=True)
+    half = distance.flatten(1).amax(1)[:, None, None, None] / 2
+    return ((distance >= half) & (distance > floor)).float()
+
+
+def mask_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(N,) intersection over union of two stacks of binary masks (1 where both are empty)."""
+    a, b = a.flatten(1).bool(), b.flatten(1).bool()
+    union = (a | b).sum(1)
+    return torch.where(union > 0, (a & b).sum(1) / union.clamp(min=1), torch.ones_like(union, dtype=torch.float))
+
+
+def seam_error(pictures: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """(N,) the mean absolute step, over the channels, between each pixel on the hole's edge and its
+    kept 4-neighbours: 0 for a hole filled seamlessly with what surrounds it (as the shapes' box holes,
+    whose edge lies in the plain background, should be)."""
+    steps, pairs = torch.zeros(len(pictures)), torch.zeros(len(pictures))
+    for dim in (2, 3):
+        n = pictures.shape[dim] - 1
+        a, b = pictures.narrow(dim, 0, n), pictures.narrow(dim, 1, n)
+        ma, mb = masks.narrow(dim, 0, n), masks.narrow(dim, 1, n)
+        across = (ma != mb).float()
+        steps += ((a - b).abs().mean(1, keepdim=True) * across).flatten(1).sum(1)
+        pairs += across.flatten(1).sum(1)
+    return steps / pairs.clamp(min=1)
+
+
+def grow(masks: torch.Tensor, pixels: int) -> torch.Tensor:
+    """Masks grown by ``pixels`` in every direction (a square dilation)."""
+    return F.max_pool2d(masks, 2 * pixels + 1, 1, pixels) if pixels else masks
