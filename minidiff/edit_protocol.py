@@ -7,6 +7,10 @@ that the shapes judge can check, so "did the edit work?" is a number:
   asks for another object in the hole — another shape, colour or both — with the same size,
   position and background. All five attributes of the result are checked; the background is the
   kept part, so it also tells whether the hole was filled to match.
+* ``completion_task`` (inpainting): half of the box is the hole — the object is cut in half — and the
+  prompt is the picture's own caption. The drawn half must *continue* the kept one: the object read
+  back (``object_mask``) should be the render's own (IoU), with no seam across it. A model that
+  ignores the kept half draws a whole object of its own, a little elsewhere and of another radius.
 * ``recolour_task`` (img2img): the prompt is the picture's own caption with another colour. The
   result should have the asked colour *and* the input's layout: the object's mask (``object_mask``,
   read by colour against the background) overlapping the input's (``mask_iou``).
@@ -18,7 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from minidiff.datasets.shapes import ATTRIBUTES, TEST_SEED, ShapesDataset, eval_caption, is_held_out
+from minidiff.datasets.shapes import ATTRIBUTES, TEST_SEED, ShapesDataset, attribute_labels, eval_caption, is_held_out
+from minidiff.metrics import judge_read
 
 HOLE_MARGIN = 3 / 32  # of the picture's side: the box reaches this far beyond the object's bounding square
 
@@ -58,6 +63,23 @@ def replacement_task(n: int, seed: int = TEST_SEED, size: int = 64, compositions
     evaluation wording) for a new object there: ``asked`` differs in shape, colour or both."""
     task = _task(n, seed, size, compositions, language, ("shape", "color"), stream=10)
     return {**task, "masks": object_box(task["given"], size)}
+
+
+def completion_task(n: int, seed: int = TEST_SEED, size: int = 64, compositions: str = "train",
+                    language: str = "en") -> dict:
+    """Inpainting: n renders, each with one half of the box around its object (left, right, top or
+    bottom, at random) as the hole, and its own caption (in the evaluation wording) as the prompt."""
+    renders = ShapesDataset(n, seed=seed, size=size, compositions=compositions)
+    boxes = object_box(renders.attributes, size)
+    pixels = torch.arange(size) + 0.5
+    sides = np.random.default_rng([seed, 12]).integers(4, size=n)
+    for i, (a, side) in enumerate(zip(renders.attributes, sides)):
+        (cx, cy) = a["center"]
+        half = [pixels[None, :] < cx, pixels[None, :] >= cx, pixels[:, None] < cy, pixels[:, None] >= cy][side]
+        boxes[i, 0] *= half.expand(size, size).float()
+    return {"images": renders.images, "object_masks": renders.masks, "given": renders.attributes,
+            "asked": renders.attributes, "masks": boxes,
+            "prompts": [eval_caption(a, language=language) for a in renders.attributes]}
 
 
 def recolour_task(n: int, seed: int = TEST_SEED, size: int = 64, compositions: str = "train",
@@ -103,3 +125,18 @@ def seam_error(pictures: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
 def grow(masks: torch.Tensor, pixels: int) -> torch.Tensor:
     """Masks grown by ``pixels`` in every direction (a square dilation)."""
     return F.max_pool2d(masks, 2 * pixels + 1, 1, pixels) if pixels else masks
+
+
+def inpainting_scores(pictures: torch.Tensor, task: dict) -> dict:
+    """What an inpainting of ``task`` reached: each attribute's accuracy against what was asked and all
+    five right (the shapes judge), the mean seam error at the hole's edge (the renders' own: 0), the
+    mean IoU of the object read by colour with the render's (for a completion, the same object), and
+    whether every kept pixel is exactly the input's."""
+    right = judge_read(pictures)[1] == attribute_labels(task["asked"])
+    kept = task["masks"].expand_as(pictures) == 0
+    return {"all_correct": right.all(1).float().mean().item(),
+            "attributes": {name: right[:, i].float().mean().item() for i, name in enumerate(ATTRIBUTES)},
+            "seam_error": seam_error(pictures, task["masks"]).mean().item(),
+            "object_iou": mask_iou(object_mask(pictures), object_mask(task["images"])).mean().item(),
+            "kept_exactly": bool(torch.equal(pictures[kept], task["images"].expand_as(pictures)[kept])),
+            "n": len(pictures)}

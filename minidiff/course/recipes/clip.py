@@ -115,16 +115,17 @@ class CaptionedPictures(torch.utils.data.Dataset):
     in wording k % W, as {"image", "ids", "group"}. ``groups`` (N,) gives each picture's caption group
     and ``texts`` {group: its W captions} the captions, tokenized once to ``context_length``.
 
-    A batch (``take``) keeps only as many token columns as its longest caption needs (``trim_padding``)."""
+    A batch (``take``) keeps only as many token columns as its longest caption needs (``trim_padding``).
+    ``per_picture`` tensors (N, …), e.g. an inpainting model's ``concat``, come with each picture."""
 
     def __init__(self, images: torch.Tensor, groups: torch.Tensor, texts: dict, tokenizer: Tokenizer,
-                 context_length: int):
+                 context_length: int, **per_picture: torch.Tensor):
         present = sorted(texts)
         self.wordings = len(texts[present[0]])
         if any(len(texts[g]) != self.wordings for g in present):
             raise ValueError("every group needs the same number of wordings")
         row = {g: i for i, g in enumerate(present)}
-        self.images, self.groups, self.pad_id = images, groups, tokenizer.pad_id
+        self.images, self.groups, self.pad_id, self.per_picture = images, groups, tokenizer.pad_id, per_picture
         self.rows = torch.tensor([row[int(g)] for g in groups])  # picture → its group's row of ``ids``
         self.ids = tokenizer([t for g in present for t in texts[g]], context_length).view(
             len(present), self.wordings, context_length)
@@ -135,12 +136,13 @@ class CaptionedPictures(torch.utils.data.Dataset):
     def __getitem__(self, k: int) -> dict:
         picture, wording = divmod(range(len(self))[k], self.wordings)
         return {"image": self.images[picture], "ids": self.ids[self.rows[picture], wording],
-                "group": self.groups[picture]}
+                "group": self.groups[picture], **{k: v[picture] for k, v in self.per_picture.items()}}
 
     def take(self, indices: torch.Tensor) -> dict:
         picture, wording = indices // self.wordings, indices % self.wordings
         ids = trim_padding(self.ids[self.rows[picture], wording], self.pad_id)
-        return {"image": self.images[picture], "ids": ids, "group": self.groups[picture]}
+        return {"image": self.images[picture], "ids": ids, "group": self.groups[picture],
+                **{k: v[picture] for k, v in self.per_picture.items()}}
 
 
 def shapes_training_set(pictures: ShapesDataset, tokenizer: Tokenizer, context_length: int) -> CaptionedPictures:

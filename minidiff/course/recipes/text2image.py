@@ -68,11 +68,13 @@ def empty_prompt_ids(encoder: PromptEncoder, length: int) -> torch.Tensor:
 def text_diffusion_loss(model: UNet, batch: dict, encoder: PromptEncoder, caption_dropout: float = CAPTION_DROPOUT):
     """``unet_loss`` on a batch of latents (``"image"``) and caption ids (``"ids"``): a share
     ``caption_dropout`` of the captions is replaced by the empty prompt, then the frozen text tower
-    turns every caption into its per-token states, the condition the U-Net cross-attends to."""
+    turns every caption into its per-token states, the condition the U-Net cross-attends to. Other
+    conditions in the batch (an inpainting model's ``"concat"``) go to the U-Net as they are."""
     ids = batch["ids"]
     dropped = torch.rand(len(ids), device=ids.device) < caption_dropout
     ids = torch.where(dropped[:, None], empty_prompt_ids(encoder, ids.shape[1]).to(ids.device), ids)
-    return unet_loss(model, {"images": batch["image"], **encoder.states(ids)}, cond_dropout=0.0)
+    others = {k: v for k, v in batch.items() if k not in ("image", "ids", "group")}
+    return unet_loss(model, {"images": batch["image"], **encoder.states(ids), **others}, cond_dropout=0.0)
 
 
 def _options(steps, default: int, from_shipped: bool) -> str:
