@@ -8,7 +8,13 @@ import torch
 from minidiff import metrics
 from minidiff.__main__ import main
 from minidiff.course.generators import load_samples
-from minidiff.course.recipes.text2image import empty_prompt_ids, t2i_unet, text_diffusion_loss
+from minidiff.course.recipes.text2image import (
+    empty_prompt_ids,
+    insert_unseen,
+    t2i_unet,
+    text_diffusion_loss,
+    unseen_characters,
+)
 from minidiff.datasets.shapes import ATTRIBUTES, TEST_SEED, ShapesDataset, attribute_labels, eval_caption
 from minidiff.files import DataError
 from minidiff.models.autoencoder import VAE, VAEConfig
@@ -80,6 +86,27 @@ def test_caption_dropout_trains_on_the_empty_prompt(encoder, unet):
         losses.append(text_diffusion_loss(unet, {**batch, "ids": rows}, encoder, caption_dropout=p)["loss"])
     torch.testing.assert_close(losses[0], losses[1])  # every caption dropped = every caption empty
     assert abs(losses[0] - losses[2]) > 1e-6
+
+
+def test_unseen_characters_are_byte_tokens_inserted_between_start_and_end(encoder):
+    tokenizer = encoder.tokenizer
+    pool = unseen_characters(tokenizer, avoid="张图片")
+    assert len(pool) > 20_000 and all(len(ids) in (2, 3) and len(tokenizer.decode(ids)) == 1 for ids in pool)
+    assert tokenizer.encode("张") not in pool and tokenizer.encode("丁") in pool
+    ids = tokenizer(CAPTIONS, 48)[:, :30]
+    torch.manual_seed(0)
+    assert torch.equal(insert_unseen(ids, pool, 0.0, tokenizer.pad_id, 48), ids)
+    noisy = insert_unseen(ids, pool, 1.0, tokenizer.pad_id, 48)
+    for before, after in zip(ids.tolist(), noisy.tolist()):
+        before = [i for i in before if i != tokenizer.pad_id]
+        after = [i for i in after if i != tokenizer.pad_id]
+        assert after[0] == tokenizer.start_id and after[-1] == tokenizer.end_id
+        added = len(after) - len(before)
+        assert 2 <= added <= 12 and len(after) <= 48
+        rest = iter(after)
+        assert all(token in rest for token in before)  # the caption's own tokens, in order
+    short = insert_unseen(ids, pool, 1.0, tokenizer.pad_id, ids.shape[1])
+    assert short.shape[1] <= ids.shape[1]  # a row that would not fit the context gets nothing more
 
 
 def test_a_pictures_noise_depends_only_on_the_seed_and_its_place(encoder, unet):

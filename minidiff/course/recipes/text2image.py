@@ -30,7 +30,7 @@ from minidiff.course.recipes.common import RECIPES, finish, run_dir
 from minidiff.course.recipes.ddpm import ddpm_mnist_config
 from minidiff.course.recipes.latent import SIZE, TRAIN_PICTURES
 from minidiff.datasets.mnist import digit_caption, eval_digit_caption, mnist_dataset
-from minidiff.datasets.shapes import TEST_SEED, TRAIN_SEED, ShapesDataset, all_captions
+from minidiff.datasets.shapes import CHINESE_WORDS, TEST_SEED, TRAIN_SEED, ShapesDataset, all_captions, eval_caption
 from minidiff.diffusion.loss import unet_loss
 from minidiff.latents import cached_latents, latent_decoder
 from minidiff.metrics import (
@@ -47,6 +47,7 @@ from minidiff.weights import load_clip, load_pretrained, read_manifest, shipped_
 
 TEXT_ENCODER, AUTOENCODER = "clip_shapes", "vae_shapes_f8"
 CAPTION_DROPOUT = 0.1
+UNSEEN_SHARE = 0.3          # t2i_shapes: captions that get 1–4 characters the tokenizer never learned
 GUIDANCE = 3.0              # the default guidance scale s (chosen from the guidance curve)
 T2I_STEPS = 30_000
 PROMPTS, HELD_OUT_PROMPTS = 2_000, 1_000
@@ -65,12 +66,49 @@ def empty_prompt_ids(encoder: PromptEncoder, length: int) -> torch.Tensor:
     return ids[:length]
 
 
-def text_diffusion_loss(model: UNet, batch: dict, encoder: PromptEncoder, caption_dropout: float = CAPTION_DROPOUT):
+def unseen_characters(tokenizer, avoid: str = "") -> list[list[int]]:
+    """The token ids of every CJK character (U+4E00–U+9FA5) the tokenizer never learned — each falls
+    apart into its 3 byte tokens — except those in ``avoid``."""
+    pieces = (tokenizer.encode(ch) for ch in map(chr, range(0x4E00, 0x9FA6)) if ch not in avoid)
+    return [ids for ids in pieces if len(ids) > 1]
+
+
+def insert_unseen(ids: torch.Tensor, pool: list, share: float, pad_id: int, context_length: int) -> torch.Tensor:
+    """Into a share ``share`` of the caption rows ``ids`` (B, L), insert 1–4 characters of ``pool`` at
+    random places between ``<start>`` and ``<end>`` (as long as the row still fits ``context_length``).
+
+    Why: a prompt people type holds words the captions never used. In Chinese, each such character
+    falls apart into byte tokens ("一张…的图片" has four), which shifts and disturbs the causal text
+    tower's states of every word after them. Seeing such noise in training teaches the denoiser to
+    read the words it knows through it."""
+    lengths = (ids != pad_id).sum(1).tolist()
+    rows = [r for r in (torch.rand(len(ids)) < share).nonzero().flatten().tolist()]
+    if not rows:
+        return ids
+    out = torch.full((len(ids), context_length), pad_id, dtype=ids.dtype, device=ids.device)
+    out[:, :ids.shape[1]] = ids[:, :context_length]
+    for r in rows:
+        row = ids[r, :lengths[r]].tolist()
+        for _ in range(int(torch.randint(1, 5, ()))):
+            piece = pool[int(torch.randint(len(pool), ()))]
+            if len(row) + len(piece) > context_length:
+                break
+            at = int(torch.randint(1, len(row), ()))  # after <start>, up to just before <end>
+            row[at:at] = piece
+        out[r, :len(row)], out[r, len(row):] = torch.tensor(row, dtype=ids.dtype), pad_id
+    return out[:, :max(int((out != pad_id).sum(1).max()), 1)]
+
+
+def text_diffusion_loss(model: UNet, batch: dict, encoder: PromptEncoder, caption_dropout: float = CAPTION_DROPOUT,
+                        unseen: list | None = None):
     """``unet_loss`` on a batch of latents (``"image"``) and caption ids (``"ids"``): a share
     ``caption_dropout`` of the captions is replaced by the empty prompt, then the frozen text tower
     turns every caption into its per-token states, the condition the U-Net cross-attends to. Other
-    conditions in the batch (an inpainting model's ``"concat"``) go to the U-Net as they are."""
+    conditions in the batch (an inpainting model's ``"concat"``) go to the U-Net as they are. With
+    ``unseen`` (a pool of ``unseen_characters``), ``UNSEEN_SHARE`` of the captions get some inserted first."""
     ids = batch["ids"]
+    if unseen:
+        ids = insert_unseen(ids, unseen, UNSEEN_SHARE, encoder.tokenizer.pad_id, encoder.clip.config.context_length)
     dropped = torch.rand(len(ids), device=ids.device) < caption_dropout
     ids = torch.where(dropped[:, None], empty_prompt_ids(encoder, ids.shape[1]).to(ids.device), ids)
     others = {k: v for k, v in batch.items() if k not in ("image", "ids", "group")}
@@ -82,14 +120,14 @@ def _options(steps, default: int, from_shipped: bool) -> str:
 
 
 def _train_t2i(name: str, model: UNet, data: CaptionedPictures, encoder: PromptEncoder, steps: int, fast: bool,
-               device: str, from_shipped: bool):
+               device: str, from_shipped: bool, unseen: list | None = None):
     """What both recipes share: chapter 05's training (``ddpm_mnist_config``) of ``text_diffusion_loss``,
     resumable, or trained on from the shipped weights; returns (EMA model on the CPU, result, start)."""
     config = ddpm_mnist_config(20 if fast else steps, fast, run_dir(name, fast), device)
     if fast:  # a fixture's few pictures make a batch of their own
         config = dataclasses.replace(config, batch_size=min(config.batch_size, len(data)))
     start = shipped_start(name, model) if from_shipped else None
-    result = train(model, lambda m, b: text_diffusion_loss(m, b, encoder), data, config, resume=True,
+    result = train(model, lambda m, b: text_diffusion_loss(m, b, encoder, unseen=unseen), data, config, resume=True,
                    start_from=start)
     encoder.clip.cpu()
     return result.ema.cpu().eval(), result, start
@@ -118,8 +156,10 @@ def t2i_shapes(fast: bool = False, device: str = "auto", steps: int | None = Non
     texts = {g: all_captions(COMBINATIONS[g]) for g in groups.unique().tolist()}
     data = CaptionedPictures(latents, groups, texts, tokenizer, clip.config.context_length)
     model = t2i_unet(vae.latent_shape[0], vae.latent_shape[1], encoder.width)
+    words = "".join(word for values in CHINESE_WORDS.values() for word in values.values())
+    unseen = unseen_characters(tokenizer, avoid=eval_caption(pictures.attributes[0], language="zh") + words)
     model, result, start = _train_t2i("t2i_shapes", model, data, encoder, steps or T2I_STEPS, fast, device,
-                                      from_shipped)
+                                      from_shipped, unseen)
     decode = latent_decoder(vae)
     test = ShapesDataset(25 if fast else PROMPTS, seed=TEST_SEED, size=SIZE, compositions="train")
     held = ShapesDataset(12 if fast else HELD_OUT_PROMPTS, seed=TEST_SEED, size=SIZE, compositions="held_out")
