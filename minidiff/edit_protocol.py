@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from minidiff.datasets.shapes import ATTRIBUTES, TEST_SEED, ShapesDataset, attribute_labels, eval_caption, is_held_out
-from minidiff.metrics import judge_read
+from minidiff.metrics import evaluate_shapes, judge_read
 
 HOLE_MARGIN = 3 / 32  # of the picture's side: the box reaches this far beyond the object's bounding square
 
@@ -140,3 +140,15 @@ def inpainting_scores(pictures: torch.Tensor, task: dict) -> dict:
             "object_iou": mask_iou(object_mask(pictures), object_mask(task["images"])).mean().item(),
             "kept_exactly": bool(torch.equal(pictures[kept], task["images"].expand_as(pictures)[kept])),
             "n": len(pictures)}
+
+
+def img2img_scores(pictures: torch.Tensor, task: dict) -> dict:
+    """What an img2img run of ``task`` reached, faithfulness beside obedience and realism: the judge's
+    accuracy per attribute against what was asked and all five right; the object read by colour against
+    the input's (mean IoU, and the share with IoU ≥ 0.9); the root-mean-square distance to the input
+    (in [−1, 1] units); judge-FID against the test renders (compare it with the floor at the same count)."""
+    report = evaluate_shapes(pictures, task["asked"])
+    iou = mask_iou(object_mask(pictures), object_mask(task["images"]))
+    return {"accuracy": report["accuracy"], "all_correct": report["all_correct"], "fid": report["fid"],
+            "object_iou": iou.mean().item(), "layout_kept": (iou >= 0.9).float().mean().item(),
+            "rms_to_input": (pictures - task["images"]).pow(2).mean().sqrt().item(), "n": len(pictures)}

@@ -54,6 +54,12 @@ def repaint_walk(steps: int, jump_length: int = 10, resamplings: int = 1) -> lis
     return walk
 
 
+def repaint_calls(steps: int, jump_length: int = 5, resamplings: int = 5) -> int:
+    """Network calls of one RePaint run: its walk's downward moves (a guided call counts once)."""
+    walk = repaint_walk(steps, jump_length, resamplings)
+    return sum(b < a for a, b in zip(walk, walk[1:]))
+
+
 def mask_to_grid(mask: torch.Tensor, size: int) -> torch.Tensor:
     """A (B, 1, H, W) mask on a coarser (size × size) grid: a cell is 1 if any pixel in it is."""
     return mask if mask.shape[-1] == size else F.adaptive_max_pool2d(mask.float(), size)

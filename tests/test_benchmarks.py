@@ -163,10 +163,25 @@ def check_text_to_image(tmp_path, monkeypatch, capsys):
     assert speed["one_picture_s"] > 0 and speed["guided_pictures_per_s"] > 0 and speed["guidance_cost"] > 0
 
 
+def check_editing(tmp_path, monkeypatch, capsys):
+    out = smoke("editing.py", tmp_path, monkeypatch)
+    report = written(out / "editing.json")
+    assert (out / "editing_tradeoff.png").stat().st_size > 0
+    assert [r["strength"] for r in report["sdedit"]] == [0.3, 1.0]
+    for row in report["sdedit"]:
+        assert row["n"] == 4 and 0 <= row["accuracy"]["color"] <= 1 and 0 <= row["object_iou"] <= 1
+    methods = [r["method"] for r in report["inpainting"]]
+    assert methods[:4] == ["paste only", "RePaint, 20 steps", "RePaint, 80 steps", "RePaint, 20 steps, 5 resamplings of 5"]
+    assert [r["network_calls"] for r in report["inpainting"][:4]] == [20, 20, 80, 80]  # equal calls, compared
+    for row in report["inpainting"]:
+        for kind in ("replacement", "completion"):
+            assert row[kind]["kept_exactly"] is True and 0 <= row[kind]["all_correct"] <= 1
+
+
 CHECKS = {"sampling_speed.py": check_sampling_speed, "clip_speed.py": check_clip_speed, "latent_vs_pixel.py": check_latent_vs_pixel,
           "fid_vs_nfe.py": check_fid_vs_nfe, "samplers_vs_diffusers.py": check_samplers_vs_diffusers,
           "ddpm_vs_diffusers.py": check_ddpm_vs_diffusers, "protocol_cost.py": check_protocol_cost,
-          "text_to_image.py": check_text_to_image}
+          "text_to_image.py": check_text_to_image, "editing.py": check_editing}
 FAST = {"sampling_speed.py"}  # about a second; the others load the judge's test statistics or train
 
 

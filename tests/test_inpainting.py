@@ -6,7 +6,7 @@ import torch
 
 from minidiff.diffusion import schedules
 from minidiff.diffusion.loss import convert_prediction
-from minidiff.inpainting import fill_hole, mask_to_grid, repaint, repaint_walk
+from minidiff.inpainting import fill_hole, mask_to_grid, repaint, repaint_calls, repaint_walk
 from minidiff.models.unet import UNet, UNetConfig
 
 
@@ -109,7 +109,7 @@ def test_network_calls_are_the_walks_downward_moves_guided_or_not():
         calls.clear()
         repaint(model, image, mask, 2, cond={"labels": torch.tensor([1, 2])}, guidance_scale=guidance,
                 num_inference_steps=9, jump_length=4, resamplings=3, progress=False)
-        assert len(calls) == 9 + 2 * 4 * 2  # two stretches of 4 walked 3 times: 8 more calls each
+        assert len(calls) == 9 + 2 * 4 * 2 == repaint_calls(9, 4, 3)  # two stretches of 4 walked 3 times: 8 more each
 
 
 def test_a_mask_that_is_not_black_and_white_is_one_clear_error():

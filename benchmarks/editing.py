@@ -1,0 +1,147 @@
+"""Editing a picture, measured (chapter 10): img2img's trade-off between the input and the prompt, and
+inpainting by RePaint against a mask-conditioned model — accuracy, harmony and cost.
+
+    python benchmarks/editing.py                              # t2i_shapes (and inpaint_shapes) on the CPU
+    python benchmarks/editing.py --smoke --results /tmp/edit  # seconds: the same code, tiny counts
+
+**SDEdit's trade-off** (``minidiff.edit_protocol.recolour_task``). For each strength s = 0.1 … 1.0,
+test renders are redrawn from their own picture with their caption in another colour (evaluation
+wording, DPM-Solver++(2M) × 20, guidance 3, seeds 0 and 1): the share drawn in the asked colour (and
+with all five attributes as asked), faithfulness — the object read by colour against the input's
+(IoU) and the RMS distance to the input — and realism, judge-FID against the test renders (beside
+the real-vs-real floor at the same count). Low s keeps the picture and ignores the prompt; s = 1 is
+plain text-to-image, which obeys and forgets.
+
+**Inpainting** (``replacement_task``: a new object in the box hole; ``completion_task``: half the object
+hidden, the picture's own caption). Methods, each with its network calls per picture (a guided call on
+a doubled batch counts once):
+  * paste only: text-to-image from the prompt, the kept pixels pasted over it (20 calls);
+  * RePaint without resampling (the "replacement" method) at 20 and at 80 steps;
+  * RePaint with resampling — 20 steps, jumps of 5, 5 resamplings: 80 calls, as many as 80 steps;
+  * the mask-conditioned ``inpaint_shapes`` (if shipped): 20 DPM-Solver++(2M) steps.
+Reported: all five attributes right, the object's IoU with the render's own (completion), the seam
+error at the hole's edge, that the kept pixels are exact, and the seconds per picture on this machine.
+
+Results: ``benchmarks/results/editing.json`` and the trade-off as ``editing_tradeoff.png``.
+"""
+import argparse
+import time
+
+import matplotlib
+import torch
+from smoke import add_output_options, parse_args
+
+from minidiff.devices import hardware_description, pick_device
+from minidiff.diffusion.samplers import nfe_for_steps
+from minidiff.edit_protocol import completion_task, img2img_scores, inpainting_scores, recolour_task, replacement_task
+from minidiff.files import write_atomic, write_json_atomic
+from minidiff.inpainting import inpaint, paste_kept, repaint_calls
+from minidiff.metrics import shapes_real_vs_real_fid
+from minidiff.text2image import load_text_to_image, text_to_image
+from minidiff.weights import read_manifest
+
+STRENGTHS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
+GUIDANCE = 3.0
+SMOKE = dict(strengths=[0.3, 1.0], recolour=4, seeds=[0], tasks=4)
+
+
+def sdedit_curve(model, encoder, decode, n: int, strengths: list, seeds: list) -> list:
+    task = recolour_task(n)
+    rows = []
+    for strength in strengths:
+        pictures = torch.cat([text_to_image(model, encoder, task["prompts"], image=task["images"], strength=strength,
+                                            guidance_scale=GUIDANCE, decode=decode, sampler="dpmpp_2m",
+                                            num_inference_steps=20, seed=seed, progress=False) for seed in seeds])
+        twice = {**task, "images": task["images"].repeat(len(seeds), 1, 1, 1), "asked": task["asked"] * len(seeds)}
+        row = {"strength": strength, **img2img_scores(pictures, twice)}
+        rows.append(row)
+        print(f"s = {strength:.1f}: colour as asked {100 * row['accuracy']['color']:.1f} %, object IoU "
+              f"{row['object_iou']:.3f} (≥ 0.9: {100 * row['layout_kept']:.1f} %), RMS to input "
+              f"{row['rms_to_input']:.3f}, judge-FID {row['fid']:.1f}", flush=True)
+    return rows
+
+
+def inpainting_methods(n: int) -> list:
+    """(name, model name, options, network calls per picture) for every method compared."""
+    methods = [("paste only", "t2i_shapes", None, nfe_for_steps("dpmpp_2m", 20))]
+    for steps, jump, resamplings in ((20, 5, 1), (80, 5, 1), (20, 5, 5)):
+        calls = repaint_calls(steps, jump, resamplings)
+        name = f"RePaint, {steps} steps" + (f", {resamplings} resamplings of {jump}" if resamplings > 1 else "")
+        methods.append((name, "t2i_shapes", dict(sampler="ddpm", num_inference_steps=steps, jump_length=jump,
+                                                 resamplings=resamplings), calls))
+    if "inpaint_shapes" in read_manifest():
+        methods.append(("mask-conditioned model", "inpaint_shapes",
+                        dict(sampler="dpmpp_2m", num_inference_steps=20), nfe_for_steps("dpmpp_2m", 20)))
+    return methods
+
+
+def compare_inpainting(n: int, device) -> list:
+    tasks = {"replacement": replacement_task(n), "completion": completion_task(n)}
+    models, rows = {}, []
+    for name, model_name, options, calls in inpainting_methods(n):
+        if model_name not in models:
+            model, decode, encoder = load_text_to_image(model_name)
+            models[model_name] = (model.to(device), decode, encoder)
+        model, decode, encoder = models[model_name]
+        row = {"method": name, "model": model_name, "network_calls": calls}
+        for kind, task in tasks.items():
+            started = time.perf_counter()
+            if options is None:
+                drawn = text_to_image(model, encoder, task["prompts"], guidance_scale=GUIDANCE, decode=decode,
+                                      sampler="dpmpp_2m", num_inference_steps=20, progress=False)
+                pictures = paste_kept(drawn, task["images"], task["masks"])
+            else:
+                pictures = inpaint(model, encoder, task["images"], task["masks"], task["prompts"], decode=decode,
+                                   guidance_scale=GUIDANCE, progress=False, **options)
+            row[kind] = {**inpainting_scores(pictures, task), "seconds_per_picture": (time.perf_counter() - started) / n}
+        rows.append(row)
+        print(f"{name} ({calls} calls): " + "; ".join(
+            f"{kind} all five {100 * row[kind]['all_correct']:.1f} %, object IoU {row[kind]['object_iou']:.3f}, "
+            f"seam {row[kind]['seam_error']:.4f}" for kind in tasks) +
+            f"; {row['replacement']['seconds_per_picture']:.2f} s/picture", flush=True)
+    return rows
+
+
+def plot(rows: list, floor: float, path) -> None:
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    s = [r["strength"] for r in rows]
+    left.plot(s, [100 * r["accuracy"]["color"] for r in rows], "o-", label="colour as asked (%)")
+    left.plot(s, [100 * r["object_iou"] for r in rows], "s-", label="object kept: IoU with the input (× 100)")
+    left.plot(s, [100 * r["rms_to_input"] for r in rows], "^-", label="RMS distance to the input (× 100)")
+    left.set_xlabel("strength s (share of the steps redrawn)"), left.legend(fontsize=7)
+    right.plot(s, [r["fid"] for r in rows], "o-", label="img2img")
+    right.axhline(floor, color="gray", ls=":", label="real vs real, same count")
+    right.set_xlabel("strength s"), right.set_ylabel("judge-FID"), right.legend(fontsize=7)
+    fig.tight_layout()
+    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120))
+    plt.close(fig)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--strengths", nargs="+", type=float, default=STRENGTHS)
+    parser.add_argument("--recolour", type=int, default=500, help="test renders recoloured at each strength")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    parser.add_argument("--tasks", type=int, default=300, help="inpainting tasks of each kind")
+    parser.add_argument("--device", default="cpu", help="auto (cuda > mps > cpu), cpu, cuda, mps")
+    add_output_options(parser, help="folder of the results")
+    args = parse_args(parser, argv, SMOKE)
+    device = pick_device(args.device)
+    model, decode, encoder = load_text_to_image("t2i_shapes")
+    model.to(device)
+    count = args.recolour * len(args.seeds)
+    results = {"hardware": hardware_description(device), "device": device.type, "threads": torch.get_num_threads(),
+               "real_vs_real_fid_same_count": shapes_real_vs_real_fid(64, n=max(count, 2)),
+               "sdedit": sdedit_curve(model, encoder, decode, args.recolour, args.strengths, args.seeds),
+               "inpainting": compare_inpainting(args.tasks, device)}
+    if args.smoke:
+        results["smoke"] = True
+    args.results.mkdir(parents=True, exist_ok=True)
+    plot(results["sdedit"], results["real_vs_real_fid_same_count"], args.results / "editing_tradeoff.png")
+    write_json_atomic(results, args.results / "editing.json")
+
+
+if __name__ == "__main__":
+    main()
