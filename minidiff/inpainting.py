@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 from minidiff.diffusion.pipeline import generate, starting_noise
 from minidiff.diffusion.samplers import default_spacing, fresh_noise, model_denoiser, sampler_info, schedule_sigmas
 from minidiff.latents import to_model_space
+from minidiff.text2image import prompt_list
 
 
 def repaint_walk(steps: int, jump_length: int = 10, resamplings: int = 1) -> list[int]:
@@ -150,7 +151,6 @@ def inpaint(model, encoder, image: torch.Tensor, mask: torch.Tensor, prompt, *, 
       usual, from noise, with any sampler and no resampling.
 
     ``options`` go to ``repaint`` or ``generate`` (``num_inference_steps``, ``sampler``, ``seed``, …)."""
-    from minidiff.text2image import prompt_list
     cond, uncond = encoder.pair(prompt_list(prompt, n), negative_prompt)
     n = len(cond["context"])
     if not model.config.concat_channels:

@@ -177,6 +177,14 @@ def test_img2img_starts_from_the_pictures_latent(encoder, unet, tmp_path):
     assert (half - other).abs().max() > 1e-3
 
 
+def assert_one_line_error(argv, said, capsys):
+    """The command stops with a message (its exit message, or argparse's usage error) that says ``said``."""
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    message = str(stop.value.code) if stop.value.code not in (None, 2) else capsys.readouterr().err
+    assert said in message and "Traceback" not in message, (argv, message)
+
+
 def test_the_generate_command_draws_any_prompt_and_says_what_goes_wrong_in_one_line(encoder, unet, tmp_path,
                                                                                      monkeypatch, capsys):
     ship_tiny(encoder, unet, tmp_path / "data" / "checkpoints")
@@ -195,10 +203,7 @@ def test_the_generate_command_draws_any_prompt_and_says_what_goes_wrong_in_one_l
                        (["-n", "0"], "out of range"), (["--steps", "-3"], "out of range"),
                        (["--model", "vae_tiny"], "not a text-to-image model"),
                        (["--out", str(tmp_path / "x.jpg")], "ending in .png")]:
-        with pytest.raises(SystemExit) as stop:
-            main(["generate", "a red circle", "--model", "t2i_tiny", *argv])
-        message = str(stop.value.code) if stop.value.code not in (None, 2) else capsys.readouterr().err
-        assert said in message and "Traceback" not in message, (argv, message)
+        assert_one_line_error(["generate", "a red circle", "--model", "t2i_tiny", *argv], said, capsys)
 
 
 def test_the_img2img_command_starts_from_a_picture_file_and_says_what_goes_wrong_in_one_line(
@@ -229,10 +234,7 @@ def test_the_img2img_command_starts_from_a_picture_file_and_says_what_goes_wrong
                        ([str(tmp_path / "nope.png"), "x"], "does not exist"),
                        ([str(tmp_path / "broken.png"), "x"], "cannot read the picture"),
                        ([str(picture)], "the following arguments are required: prompt")]:
-        with pytest.raises(SystemExit) as stop:
-            main(["img2img", *argv, *common])
-        message = str(stop.value.code) if stop.value.code not in (None, 2) else capsys.readouterr().err
-        assert said in message and "Traceback" not in message, (argv, message)
+        assert_one_line_error(["img2img", *argv, *common], said, capsys)
 
 
 def test_a_mask_conditioned_model_reads_the_known_picture_and_mask_and_starts_as_its_base(encoder, unet, tmp_path):
@@ -283,10 +285,7 @@ def test_the_inpaint_command_keeps_the_black_part_and_says_what_goes_wrong_in_on
                        ([str(picture), str(tmp_path / "grey.png"), "x"], "has grey pixels"),
                        ([str(picture), str(tmp_path / "none.png"), "x"], "the mask"),
                        ([str(picture), str(mask), "x", "--resamplings", "0"], "out of range")]:
-        with pytest.raises(SystemExit) as stop:
-            main(["inpaint", *argv, *common])
-        message = str(stop.value.code) if stop.value.code not in (None, 2) else capsys.readouterr().err
-        assert said in message and "Traceback" not in message, (argv, message)
+        assert_one_line_error(["inpaint", *argv, *common], said, capsys)
 
 
 @pytest.mark.slow  # the judge's reference statistics: 10,000 renders

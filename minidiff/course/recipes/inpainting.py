@@ -21,11 +21,19 @@ edge; 20 DPM-Solver++(2M) steps at guidance 3 — the network calls of one text-
 """
 import torch
 
-from minidiff.course.recipes.clip import COMBINATIONS, CaptionedPictures, attribute_groups
+from minidiff.course.recipes.clip import CaptionedPictures
 from minidiff.course.recipes.common import RECIPES, finish, run_dir
-from minidiff.course.recipes.latent import SIZE, TRAIN_PICTURES
-from minidiff.course.recipes.text2image import AUTOENCODER, GUIDANCE, TEXT_ENCODER, _options, _train_t2i, _used
-from minidiff.datasets.shapes import TEST_SEED, TRAIN_SEED, ShapesDataset, all_captions
+from minidiff.course.recipes.latent import SIZE
+from minidiff.course.recipes.text2image import (
+    AUTOENCODER,
+    GUIDANCE,
+    TEXT_ENCODER,
+    _options,
+    _train_t2i,
+    _used,
+    shapes_latents,
+)
+from minidiff.datasets.shapes import TEST_SEED, TRAIN_SEED, ShapesDataset
 from minidiff.edit_protocol import completion_task, grow, inpainting_scores, replacement_task
 from minidiff.inpainting import fill_hole, inpaint, mask_to_grid
 from minidiff.latents import cached_latents, latent_decoder
@@ -67,18 +75,13 @@ def inpaint_shapes(fast: bool = False, device: str = "auto", steps: int | None =
     vae, (clip, tokenizer) = load_pretrained(AUTOENCODER), load_clip(TEXT_ENCODER)
     encoder, decode = PromptEncoder(clip, tokenizer), latent_decoder(vae)
     model = add_input_channels(load_pretrained(BASE), vae.config.latent_channels + 1)
-    n = 2000 if fast else TRAIN_PICTURES
-    pictures = ShapesDataset(n, seed=TRAIN_SEED, size=SIZE, compositions="train")
-    what = {"pictures": "shapes", "seed": TRAIN_SEED, "size": SIZE, "n": n, "compositions": "train"}
-    folder = run_dir("latents", fast)
-    latents = cached_latents(vae, manifest[AUTOENCODER]["sha256"], what, lambda: pictures.images, folder)
+    pictures, what, latents, groups, texts = shapes_latents(vae, manifest, fast)
+    n = len(pictures)
     holes = training_holes(pictures)
     twice = torch.cat([pictures.images, pictures.images])
     filled = cached_latents(vae, manifest[AUTOENCODER]["sha256"], {**what, "holes": "inpaint_shapes v1"},
-                            lambda: fill_hole(twice, holes), folder)
+                            lambda: fill_hole(twice, holes), run_dir("latents", fast))
     grid = mask_to_grid(holes, filled.shape[-1])
-    groups = attribute_groups(pictures.attributes)
-    texts = {g: all_captions(COMBINATIONS[g]) for g in groups.unique().tolist()}
     data = CaptionedPictures(torch.cat([latents, latents]), torch.cat([groups, groups]), texts, tokenizer,
                              clip.config.context_length, concat=torch.cat([filled, grid], dim=1))
     model, result, start = _train_t2i("inpaint_shapes", model, data, encoder, steps or INPAINT_STEPS, fast, device,

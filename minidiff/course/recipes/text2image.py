@@ -85,7 +85,7 @@ def insert_unseen(ids: torch.Tensor, pool: list, share: float, pad_id: int, cont
     tower's states of every word after them. Seeing such noise in training teaches the denoiser to
     read the words it knows through it."""
     lengths = (ids != pad_id).sum(1).tolist()
-    rows = [r for r in (torch.rand(len(ids)) < share).nonzero().flatten().tolist()]
+    rows = (torch.rand(len(ids)) < share).nonzero().flatten().tolist()
     if not rows:
         return ids
     out = torch.full((len(ids), context_length), pad_id, dtype=ids.dtype, device=ids.device)
@@ -141,6 +141,19 @@ def _used(manifest: dict, **names) -> dict:
     return {role: {"name": name, "sha256": manifest[name]["sha256"]} for role, name in names.items()}
 
 
+def shapes_latents(vae, manifest: dict, fast: bool):
+    """What the shapes recipes of chapters 09–10 train on: the training renders (training compositions),
+    the description their latent cache is filed under, their latents (encoded once by ``vae``), each
+    picture's caption group and every group's training wordings: ``(pictures, what, latents, groups, texts)``."""
+    n = 2000 if fast else TRAIN_PICTURES
+    pictures = ShapesDataset(n, seed=TRAIN_SEED, size=SIZE, compositions="train")
+    what = {"pictures": "shapes", "seed": TRAIN_SEED, "size": SIZE, "n": n, "compositions": "train"}
+    latents = cached_latents(vae, manifest[AUTOENCODER]["sha256"], what, lambda: pictures.images,
+                             run_dir("latents", fast))
+    groups = attribute_groups(pictures.attributes)
+    return pictures, what, latents, groups, {g: all_captions(COMBINATIONS[g]) for g in groups.unique().tolist()}
+
+
 @RECIPES.register
 def t2i_shapes(fast: bool = False, device: str = "auto", steps: int | None = None,
                from_shipped: bool = False) -> dict:
@@ -150,13 +163,8 @@ def t2i_shapes(fast: bool = False, device: str = "auto", steps: int | None = Non
     manifest = read_manifest()
     vae, (clip, tokenizer) = load_pretrained(AUTOENCODER), load_clip(TEXT_ENCODER)
     encoder = PromptEncoder(clip, tokenizer)
-    n = 2000 if fast else TRAIN_PICTURES
-    pictures = ShapesDataset(n, seed=TRAIN_SEED, size=SIZE, compositions="train")
-    what = {"pictures": "shapes", "seed": TRAIN_SEED, "size": SIZE, "n": n, "compositions": "train"}
-    latents = cached_latents(vae, manifest[AUTOENCODER]["sha256"], what, lambda: pictures.images,
-                             run_dir("latents", fast))
-    groups = attribute_groups(pictures.attributes)
-    texts = {g: all_captions(COMBINATIONS[g]) for g in groups.unique().tolist()}
+    pictures, what, latents, groups, texts = shapes_latents(vae, manifest, fast)
+    n = len(pictures)
     data = CaptionedPictures(latents, groups, texts, tokenizer, clip.config.context_length)
     model = t2i_unet(vae.latent_shape[0], vae.latent_shape[1], encoder.width)
     words = "".join(word for values in CHINESE_WORDS.values() for word in values.values())
