@@ -18,7 +18,8 @@ a doubled batch counts once):
   * paste only: text-to-image from the prompt, the kept pixels pasted over it (20 calls);
   * RePaint without resampling (the "replacement" method) at 20 and at 80 steps;
   * RePaint with resampling — 20 steps, jumps of 5, 5 resamplings: 80 calls, as many as 80 steps;
-  * the mask-conditioned ``inpaint_shapes`` (if shipped): 20 DPM-Solver++(2M) steps.
+  * the mask-conditioned ``inpaint_shapes`` (if shipped): DPM-Solver++(2M) at 20, 8 and 4 steps — at
+    8 calls or fewer it costs a tenth of RePaint's 80.
 Reported: all five attributes right, the object's IoU with the render's own (completion), the seam
 error at the hole's edge, that the kept pixels are exact, and the seconds per picture on this machine.
 
@@ -42,6 +43,7 @@ from minidiff.weights import read_manifest
 
 STRENGTHS = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0]
 GUIDANCE = 3.0
+MASK_MODEL_STEPS = [20, 8, 4]  # 8 calls or fewer: a tenth of RePaint's 80
 SMOKE = dict(strengths=[0.3, 1.0], recolour=4, seeds=[0], tasks=4)
 
 
@@ -70,8 +72,9 @@ def inpainting_methods(n: int) -> list:
         methods.append((name, "t2i_shapes", dict(sampler="ddpm", num_inference_steps=steps, jump_length=jump,
                                                  resamplings=resamplings), calls))
     if "inpaint_shapes" in read_manifest():
-        methods.append(("mask-conditioned model", "inpaint_shapes",
-                        dict(sampler="dpmpp_2m", num_inference_steps=20), nfe_for_steps("dpmpp_2m", 20)))
+        for steps in MASK_MODEL_STEPS:
+            methods.append((f"mask-conditioned model, {steps} steps", "inpaint_shapes",
+                            dict(sampler="dpmpp_2m", num_inference_steps=steps), nfe_for_steps("dpmpp_2m", steps)))
     return methods
 
 

@@ -95,20 +95,29 @@ def cmd_generate(args):
     from minidiff.text2image import load_text_to_image, picture_shape, text_to_image
     check_samples_path(args.out)  # before any work
     model, decode, encoder = load_text_to_image(args.model)
+    masked = bool(model.config.concat_channels)
+    if masked and not getattr(args, "mask", None):
+        sys.exit(f"error: {args.model} draws into the hole of a picture: use `python -m minidiff inpaint IMAGE MASK PROMPT "
+                 f"--model {args.model}`")
+    sampler = args.sampler or ("dpmpp_2m" if masked or not getattr(args, "mask", None) else "ddpm")
     warnings.showwarning = lambda message, *_, **__: print(f"warning: {message}", file=sys.stderr)  # one line
     draw, options = text_to_image, {}
     if getattr(args, "image", None):
         channels, size = picture_shape(model, decode)
         image = load_picture(args.image, size, channels)
         if getattr(args, "mask", None):
-            draw, options = inpaint, {"mask": load_mask(args.mask, args.image, size),
-                                      "jump_length": args.jump_length, "resamplings": args.resamplings}
+            draw, options = inpaint, {"mask": load_mask(args.mask, args.image, size)}
+            if not masked:
+                options.update(jump_length=args.jump_length, resamplings=args.resamplings)
+            elif args.jump_length or args.resamplings:
+                sys.exit(f"error: {args.model} sees the picture at every step and needs no RePaint resampling: "
+                         "leave out --jump-length and --resamplings")
         else:
             options = {"strength": args.strength}
         options["image"] = image
     try:
         images = draw(model, encoder, prompt=args.prompt, n=args.n, negative_prompt=args.negative,
-                      guidance_scale=args.guidance, decode=decode, sampler=args.sampler,
+                      guidance_scale=args.guidance, decode=decode, sampler=sampler,
                       num_inference_steps=args.steps, seed=args.seed, **options)
     except ValueError as err:  # e.g. an unknown sampler, with the list to choose from
         sys.exit(f"error: {err}")
@@ -174,11 +183,11 @@ def number(low: float, high: float):
 
 
 def drawing_options(p, out: str, sampler: str = "dpmpp_2m") -> None:
-    """What every text-to-image command takes besides the prompt."""
+    """What every text-to-image command takes besides the prompt (``sampler``: its default, as help text)."""
     p.add_argument("--negative", default="", help="a negative prompt: what to steer away from (default: none)")
     p.add_argument("--guidance", type=number(0, 50), default=3.0, help="guidance scale s (1: none; default 3)")
     p.add_argument("--steps", type=count(1, 1000), default=20, help="sampling steps (default 20)")
-    p.add_argument("--sampler", default=sampler, help=f"default {sampler}; any of " + ", ".join(SAMPLERS))
+    p.add_argument("--sampler", help=f"default {sampler}; any of " + ", ".join(SAMPLERS))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-n", type=count(1, 10_000), default=4, help="how many pictures (1 to 10,000; default 4)")
     p.add_argument("--model", default="t2i_shapes", help="a shipped text-to-image model (default t2i_shapes)")
@@ -237,8 +246,8 @@ def main(argv=None):
                         "default 0.6)")
     drawing_options(p, "outputs/img2img.png")
 
-    p = sub.add_parser("inpaint", help="redraw the white part of a mask in a picture with a prompt (RePaint); the "
-                                        "black part is kept exactly")
+    p = sub.add_parser("inpaint", help="redraw the white part of a mask in a picture with a prompt (RePaint on a "
+                                        "text-to-image model, or --model inpaint_shapes); the black part is kept exactly")
     p.add_argument("image", help="a PNG or JPEG (resized to the model's size, with a note)")
     p.add_argument("mask", help="a black (keep) and white (redraw) PNG of the model's size")
     p.add_argument("prompt", help='what to draw in the hole, e.g. "a small blue square on a red background"')
@@ -246,7 +255,8 @@ def main(argv=None):
                    "(default 5)")
     p.add_argument("--resamplings", type=count(1, 100), help="RePaint: how often each stretch is walked "
                    "(1: no resampling; default 5)")
-    drawing_options(p, "outputs/inpainted.png", sampler="ddpm")
+    drawing_options(p, "outputs/inpainted.png", sampler="ddpm for RePaint, dpmpp_2m for a mask-conditioned model "
+                                                       "such as --model inpaint_shapes")
 
     p = sub.add_parser("evaluate", help="score samples with the course's protocols (digits: classifier-FID and more; "
                                          "shapes: judge-FID, attribute histograms and accuracy)")

@@ -288,6 +288,37 @@ def test_the_inpaint_command_keeps_the_black_part_and_says_what_goes_wrong_in_on
         assert_one_line_error(["inpaint", *argv, *common], said, capsys)
 
 
+def test_the_inpaint_command_samples_a_mask_conditioned_model_without_repaint(encoder, unet, tmp_path, monkeypatch,
+                                                                               capsys):
+    """``inpaint --model`` a grown model: its own sampler (DPM-Solver++, no resampling walk), the kept
+    pixels exact; RePaint's options, or generate with it, are one clear line."""
+    from PIL import Image
+
+    from minidiff.models.unet import add_input_channels
+    save = ship_tiny(encoder, unet, tmp_path / "data" / "checkpoints")
+    shas = {name: entry["sha256"] for name, entry in read_manifest(tmp_path / "data" / "checkpoints").items()}
+    save_weights(add_input_channels(unet, 5), "inpaint_tiny", autoencoder={"name": "vae_tiny", "sha256": shas["vae_tiny"]},
+                 text_encoder={"name": "clip_tiny", "sha256": shas["clip_tiny"]}, **save)
+    monkeypatch.setenv("MINIDIFF_DATA", str(tmp_path / "data"))
+    picture, mask, out = tmp_path / "in.png", tmp_path / "mask.png", tmp_path / "out.png"
+    pixels = np.random.default_rng(1).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(picture)
+    hole = np.zeros((32, 32), np.uint8)
+    hole[4:16, 4:28] = 255
+    Image.fromarray(hole).save(mask)
+    common = ["--model", "inpaint_tiny", "--steps", "3", "--out", str(out)]
+    capsys.readouterr()
+    main(["inpaint", str(picture), str(mask), "a red circle", "-n", "2", *common])
+    assert "dpmpp_2m × 3" in capsys.readouterr().err  # sampled as usual: 3 steps, no RePaint walk
+    images, _ = load_samples(out.with_suffix(".safetensors"))
+    kept = torch.from_numpy(hole == 0)
+    start = torch.from_numpy(pixels).permute(2, 0, 1).float() / 127.5 - 1
+    assert torch.equal(images[:, :, kept], start[:, kept].expand(2, -1, -1))
+    assert_one_line_error(["inpaint", str(picture), str(mask), "x", "--resamplings", "3", *common],
+                          "needs no RePaint resampling", capsys)
+    assert_one_line_error(["generate", "x", *common], "draws into the hole of a picture", capsys)
+
+
 @pytest.mark.slow  # the judge's reference statistics: 10,000 renders
 @pytest.mark.parametrize("language", ["en", "zh"])
 def test_prompt_following_reads_the_pictures_against_what_each_prompt_asked(monkeypatch, language):

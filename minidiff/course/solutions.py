@@ -163,3 +163,19 @@ def classifier_free_guidance(conditional, unconditional, guidance_scale):
 def guidance_from_w(conditional, unconditional, w):
     """ε̂ = (1 + w) · ε(z | c) − w · ε(z | ∅): Imagen's way of writing the same, with w = s − 1."""
     return (1 + w) * conditional - w * unconditional
+
+
+# ----------------------------------------------------------------------------- chapter 10
+
+def img2img_start(latent, noise, sigmas, strength):
+    """SDEdit's start: k = ⌊s · N⌋ of the N steps are re-run, so the walk begins at level
+    σ = sigmas[N − k], and the picture's latent gets noise of that size."""
+    steps = len(sigmas) - 1
+    sigma = sigmas[steps - int(strength * steps)]
+    return latent + sigma * noise
+
+
+def repaint_merge(x, known, mask, sigma, noise):
+    """RePaint: the sampler's state in the hole (mask 1), the known latent noised to the same level σ
+    elsewhere."""
+    return mask * x + (1 - mask) * (known + sigma * noise)
