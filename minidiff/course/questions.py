@@ -291,3 +291,55 @@ question("held_out_prompts", options={
    "not to recall; where a composition fails, the judge's reading printed below the figure says how — which "
    "attribute it drew otherwise, and as what. Measured on held-out compositions, this is the test of "
    "generalisation that a score on the training compositions cannot give.")
+
+# ----------------------------------------------------------------------------- chapter 10
+
+question("strength_strip", options={
+    "a": "compare the numbers down two neighbouring columns: is every number in the column of the larger s above "
+         "every number in the column of the smaller s?",
+    "b": "it can happen — each draw of the noise is one chance — but here every run at a larger s ended further from "
+         "the drawing than every run at the next smaller s: compare two neighbouring columns",
+    "c": "the strength decides where the walk starts: at s = 0.1 the picture is still nearly the drawing, at s = 0.9 "
+         "almost nothing of it is left. Compare the first and the last column of the strip",
+}, why="The strength sets how much noise is added, and so how much of the drawing survives *on average*: the mean "
+   "distance grows with s. One run is one draw of that noise, and the runs of neighbouring strengths overlap — a "
+   "lucky draw at the larger s keeps more of the drawing than an unlucky one at the smaller. The article says it "
+   "well: 'this, too, is a matter of probability'. A single picture never tells you which strength made it.")
+
+question("choose_strength", options={
+    "a": "at s = 0.2 the outline stays, but look at the colour: only the last, finest steps are re-run, and in few "
+         "pictures does the new colour appear. Count the pictures with both",
+    "b": "look at the row of s = 0.5 and at the share printed for it: how many pictures change the colour *and* "
+         "keep the outline?",
+    "c": "at s = 0.9 the colour is as asked, but the walk starts from nearly pure noise: the shape, its size and "
+         "place are drawn anew from the prompt alone. Compare the object's IoU with the input at s = 0.9",
+}, why="The measurement picks the strength with the most pictures that have the new colour *and* the old outline. "
+   "Look at how many that is: at every strength most pictures get one or the other, not both. In an 8 × 8 latent "
+   "the object's colour and its outline are written into the same few numbers, so the noise that frees the one "
+   "frees the other, and img2img's single knob cannot separate them here (the benchmark's curve shows the same "
+   "on 1,000 pictures). Section 10's DDIM inversion keeps more of the outline; chapter 11's ControlNet holds it "
+   "fixed at any strength.")
+
+question("repaint_resampling", options={
+    "a": "80 steps make each step smaller, but every step still meets the kept part only once, through fresh noise. "
+         "Compare the two 80-call rows' object IoU: which is ahead here, and by how much?",
+    "b": "that is RePaint's finding — but compare the two 80-call rows' object IoU here: is resampling ahead by "
+         "more than 0.005?",
+    "c": "compare the two 80-call rows' object IoU: here one of them is ahead by more than 0.005",
+}, why="RePaint's paper found resampling ahead at equal cost (faces at 256 × 256, 250 steps, large masks): each "
+   "resampling re-noises the drawn part and redraws it after it has seen the kept part, so the two halves come "
+   "into agreement a few steps at a time. The measurement decides for this model — and on 300 test tasks "
+   "(below) the plain 20-step walk already continues the cut object about as well as either 80-call walk: in an "
+   "8 × 8 latent the drawn half meets the kept half within a step or two, and neither finer steps nor resampling "
+   "finds much left to fix. A published gain is a measurement on its data: repeat it on yours.")
+
+question("mask_model_cheaper", options={
+    "a": "it is the same U-Net as t2i_shapes, with 5 more input channels: 1.35M weights either way. Each call costs "
+         "the same; what differs is how many calls it needs",
+    "b": "(the right answer)",
+    "c": "both models end with the same decoder, and the kept pixels are pasted in both. Count the network calls "
+         "instead",
+}, answer="b", why="RePaint must resample because its network never sees the kept part clean — only noised copies, "
+   "merged after each step. The mask-conditioned model reads the known picture and the mask as extra input channels "
+   "at every step, so it draws a continuation from the first step on, with any sampler and 20 or fewer calls. "
+   "The price was paid once, in training; Stable Diffusion's inpainting model is built the same way.")
