@@ -212,6 +212,42 @@ def text_to_image_grid():
             "last row: \"a handwritten zero\" … \"nine\" (t2i_mnist)", np.concatenate([shapes, below]))
 
 
+@panel
+def img2img_and_inpainting():
+    """Chapter 10: two test renders redrawn with their caption in another colour at growing strength
+    (img2img), and holes filled with a new object, by RePaint on t2i_shapes and by the mask-conditioned
+    inpaint_shapes (if shipped)."""
+    from minidiff.edit_protocol import recolour_task, replacement_task
+    from minidiff.inpainting import inpaint
+    from minidiff.text2image import load_text_to_image, text_to_image
+    from minidiff.weights import read_manifest
+    model, decode, encoder = load_text_to_image("t2i_shapes")
+    draw = dict(decode=decode, sampler="dpmpp_2m", num_inference_steps=20, seed=0, progress=False)
+    strengths = [0.2, 0.4, 0.6, 0.8, 1.0]
+    recolour = recolour_task(2)
+    strips = [torch.cat([recolour["images"][i:i + 1]] + [
+        text_to_image(model, encoder, recolour["prompts"][i], image=recolour["images"][i:i + 1], strength=s, **draw)
+        for s in strengths]) for i in range(2)]
+    holes = replacement_task(3)
+    columns = [holes["images"], holes["images"] * (1 - holes["masks"]) + holes["masks"],
+               inpaint(model, encoder, holes["images"], holes["masks"], holes["prompts"], decode=decode, progress=False)]
+    if "inpaint_shapes" in read_manifest():
+        masked, masked_decode, masked_encoder = load_text_to_image("inpaint_shapes")
+        columns.append(inpaint(masked, masked_encoder, holes["images"], holes["masks"], holes["prompts"],
+                               decode=masked_decode, sampler="dpmpp_2m", num_inference_steps=20, progress=False))
+    rows = torch.stack(columns, 1).flatten(0, 1)
+    left = image_grid(torch.cat(strips).clamp(-1, 1), ncols=len(strengths) + 1)
+    right = image_grid(rows.clamp(-1, 1), ncols=len(columns))
+    sheet = np.full((max(len(left), len(right)), left.shape[1] + 30 + right.shape[1], 3), 255, np.uint8)
+    sheet[:len(left), :left.shape[1]] = left
+    sheet[:len(right), left.shape[1] + 30:] = right
+    methods = "RePaint (t2i_shapes, 80 calls)" + (", the mask-conditioned inpaint_shapes (20 calls)"
+                                                   if len(columns) == 4 else "")
+    return (f"img2img and inpainting (ch. 10). Left: a render, then redrawn as \"{recolour['prompts'][0]}\" (top) at "
+            f"strength {', '.join(map(str, strengths))}.\nRight: a render, the hole, and the new object asked for "
+            f"(\"{holes['prompts'][0]}\", …) by {methods}", sheet)
+
+
 def make_demo(path="outputs/demo.png") -> Path:
     """Draw every panel, one above the other, into ``path`` (written atomically)."""
     matplotlib.use("Agg")
