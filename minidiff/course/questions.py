@@ -331,7 +331,7 @@ question("repaint_resampling", options={
    "into agreement a few steps at a time. The measurement decides for this model — and on 300 test tasks "
    "(below) the plain 20-step walk already continues the cut object about as well as either 80-call walk: in an "
    "8 × 8 latent the drawn half meets the kept half within a step or two, and neither finer steps nor resampling "
-   "finds much left to fix. A published gain is a measurement on its data: repeat it on yours.")
+   "finds much left to fix. In pixel space, on the digits, it does show: a cut stroke must be continued pixel for pixel, and resampling brings the drawn half closer to the real one. A published gain is a measurement on its data: repeat it on yours.")
 
 question("mask_model_cheaper", options={
     "a": "it is the same U-Net as t2i_shapes, with 5 more input channels: 1.35M weights either way. Each call costs "
