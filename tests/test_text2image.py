@@ -260,17 +260,25 @@ def test_a_mask_conditioned_model_reads_the_known_picture_and_mask_and_starts_as
         inpaint(model, loaded, picture, mask, CAPTIONS[1], resamplings=3, **options)
 
 
+def picture_and_mask_files(folder, seed: int, hole_rows: slice, hole_cols: slice):
+    """A random 32 × 32 picture and a black mask with a white box, saved as PNGs in ``folder``:
+    ``(picture path, mask path, the pixels, the mask's pixels)``."""
+    from PIL import Image
+    pixels = np.random.default_rng(seed).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(folder / "in.png")
+    hole = np.zeros((32, 32), np.uint8)
+    hole[hole_rows, hole_cols] = 255
+    Image.fromarray(hole).save(folder / "mask.png")
+    return folder / "in.png", folder / "mask.png", pixels, hole
+
+
 def test_the_inpaint_command_keeps_the_black_part_and_says_what_goes_wrong_in_one_line(
         encoder, unet, tmp_path, monkeypatch, capsys):
     from PIL import Image
     ship_tiny(encoder, unet, tmp_path / "data" / "checkpoints")
     monkeypatch.setenv("MINIDIFF_DATA", str(tmp_path / "data"))
-    picture, mask, out = tmp_path / "in.png", tmp_path / "mask.png", tmp_path / "out.png"
-    pixels = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
-    Image.fromarray(pixels).save(picture)
-    hole = np.zeros((32, 32), np.uint8)
-    hole[8:20, 10:30] = 255
-    Image.fromarray(hole).save(mask)
+    picture, mask, pixels, hole = picture_and_mask_files(tmp_path, 0, slice(8, 20), slice(10, 30))
+    out = tmp_path / "out.png"
     Image.fromarray(hole[:16]).save(tmp_path / "short.png")
     Image.fromarray(hole // 2).save(tmp_path / "grey.png")
     common = ["--model", "t2i_tiny", "--steps", "4", "--out", str(out)]
@@ -292,20 +300,14 @@ def test_the_inpaint_command_samples_a_mask_conditioned_model_without_repaint(en
                                                                                capsys):
     """``inpaint --model`` a grown model: its own sampler (DPM-Solver++, no resampling walk), the kept
     pixels exact; RePaint's options, or generate with it, are one clear line."""
-    from PIL import Image
-
     from minidiff.models.unet import add_input_channels
     save = ship_tiny(encoder, unet, tmp_path / "data" / "checkpoints")
     shas = {name: entry["sha256"] for name, entry in read_manifest(tmp_path / "data" / "checkpoints").items()}
     save_weights(add_input_channels(unet, 5), "inpaint_tiny", autoencoder={"name": "vae_tiny", "sha256": shas["vae_tiny"]},
                  text_encoder={"name": "clip_tiny", "sha256": shas["clip_tiny"]}, **save)
     monkeypatch.setenv("MINIDIFF_DATA", str(tmp_path / "data"))
-    picture, mask, out = tmp_path / "in.png", tmp_path / "mask.png", tmp_path / "out.png"
-    pixels = np.random.default_rng(1).integers(0, 256, (32, 32, 3), dtype=np.uint8)
-    Image.fromarray(pixels).save(picture)
-    hole = np.zeros((32, 32), np.uint8)
-    hole[4:16, 4:28] = 255
-    Image.fromarray(hole).save(mask)
+    picture, mask, pixels, hole = picture_and_mask_files(tmp_path, 1, slice(4, 16), slice(4, 28))
+    out = tmp_path / "out.png"
     common = ["--model", "inpaint_tiny", "--steps", "3", "--out", str(out)]
     capsys.readouterr()
     main(["inpaint", str(picture), str(mask), "a red circle", "-n", "2", *common])
