@@ -17,6 +17,11 @@ that the shapes judge can check, so "did the edit work?" is a number:
 
 ``seam_error`` measures what the eye notices at the edge of a hole: the mean step between
 neighbouring pixels across it.
+
+ControlNet (chapter 11) is measured alike: ``control_task`` gives test renders' outlines or masks as
+the condition and their captions as prompts; ``control_scores`` reads the object back by colour and
+compares it with the condition — mask IoU, and edge F1 (``edge_f1``: outline pixels within one pixel
+of the condition's, precision against recall) — beside the judge's attribute accuracy on the prompt.
 """
 import numpy as np
 import torch
@@ -152,3 +157,46 @@ def img2img_scores(pictures: torch.Tensor, task: dict) -> dict:
     return {"accuracy": report["accuracy"], "all_correct": report["all_correct"], "fid": report["fid"],
             "object_iou": iou.mean().item(), "layout_kept": (iou >= 0.9).float().mean().item(),
             "rms_to_input": (pictures - task["images"]).pow(2).mean().sqrt().item(), "n": len(pictures)}
+
+
+def control_task(n: int, kind: str, seed: int = TEST_SEED, size: int = 64, compositions: str = "train",
+                 language: str = "en") -> dict:
+    """ControlNet: n renders, each one's ``kind`` ("edge": its 1-pixel outline, "mask": its filled mask) as
+    the condition picture (``conditions``, in {0, 1}) and its caption (evaluation wording) as the prompt."""
+    if kind not in ("edge", "mask"):
+        raise ValueError(f"the condition kind is 'edge' or 'mask', not {kind!r}")
+    renders = ShapesDataset(n, seed=seed, size=size, compositions=compositions)
+    return {"images": renders.images, "object_masks": renders.masks, "given": renders.attributes,
+            "conditions": renders.edges if kind == "edge" else renders.masks,
+            "prompts": [eval_caption(a, language=language) for a in renders.attributes]}
+
+
+def outline(masks: torch.Tensor) -> torch.Tensor:
+    """The 1-pixel boundary of binary masks (N, 1, H, W): mask pixels with a 4-neighbour outside it
+    (outside the picture counts as outside) — the shapes' own ``edge`` condition, recomputed."""
+    m = F.pad(masks.bool(), (1, 1, 1, 1))
+    inner = m[..., 1:-1, 1:-1] & m[..., :-2, 1:-1] & m[..., 2:, 1:-1] & m[..., 1:-1, :-2] & m[..., 1:-1, 2:]
+    return (m[..., 1:-1, 1:-1] & ~inner).float()
+
+
+def edge_f1(masks: torch.Tensor, edges: torch.Tensor, tolerance: int = 1) -> torch.Tensor:
+    """(N,) how well the outline of ``masks`` traces the condition ``edges``: precision = the share of
+    the outline's pixels within ``tolerance`` pixels of an edge pixel, recall = the share of edge pixels
+    within ``tolerance`` of the outline, F1 = 2PR / (P + R) (0 when either is empty)."""
+    drawn, wanted = outline(masks), edges.float()
+    precision = (drawn * grow(wanted, tolerance)).flatten(1).sum(1) / drawn.flatten(1).sum(1).clamp(min=1)
+    recall = (wanted * grow(drawn, tolerance)).flatten(1).sum(1) / wanted.flatten(1).sum(1).clamp(min=1)
+    return 2 * precision * recall / (precision + recall).clamp(min=1e-12)
+
+
+def control_scores(pictures: torch.Tensor, task: dict) -> dict:
+    """What a ControlNet run of ``task`` reached: the object read by colour against the render's (mean
+    mask IoU, the share ≥ 0.9, mean edge F1 against its outline) and the judge's accuracy on the prompt."""
+    drawn = object_mask(pictures)
+    iou = mask_iou(drawn, task["object_masks"])
+    right = judge_read(pictures)[1] == attribute_labels(task["given"])
+    return {"object_iou": iou.mean().item(), "iou_at_least_0.9": (iou >= 0.9).float().mean().item(),
+            "edge_f1": edge_f1(drawn, outline(task["object_masks"])).mean().item(),
+            "all_correct": right.all(1).float().mean().item(),
+            "attributes": {name: right[:, i].float().mean().item() for i, name in enumerate(ATTRIBUTES)},
+            "n": len(pictures)}

@@ -1,13 +1,19 @@
-"""The editing protocol: tasks from test renders, the object read by colour, IoU and the seam."""
+"""The editing protocol: tasks from test renders, the object read by colour, IoU and the seam; the
+control tasks, outlines and edge F1."""
+import pytest
 import torch
 
 from minidiff.datasets.shapes import ATTRIBUTES, ShapesDataset, is_held_out
 from minidiff.edit_protocol import (
     completion_task,
+    control_scores,
+    control_task,
+    edge_f1,
     grow,
     mask_iou,
     object_box,
     object_mask,
+    outline,
     recolour_task,
     replacement_task,
     seam_error,
@@ -84,3 +90,27 @@ def test_a_completion_hides_one_half_of_the_object():
     boxes = object_box(task["given"], 64)
     assert (task["masks"] <= boxes).all()
     assert (task["masks"].flatten(1).sum(1) >= 0.25 * boxes.flatten(1).sum(1)).all()  # (the picture's edge may cut the box)
+
+
+def test_outline_recomputes_the_renderers_edge_condition():
+    task = control_task(64, "edge", size=64)
+    assert torch.equal(outline(task["object_masks"]), task["conditions"])
+    assert torch.equal(control_task(8, "mask")["conditions"], control_task(8, "mask")["object_masks"])
+
+
+def test_edge_f1_by_hand():
+    """Two 10×10 squares one pixel apart: their outlines (36 pixels each) share the 9 + 9 pixels of the
+    top and bottom rows, so exactly F1 = 0.5 — and 1 within a pixel's tolerance."""
+    a, b = torch.zeros(1, 1, 20, 20), torch.zeros(1, 1, 20, 20)
+    a[..., 5:15, 5:15], b[..., 5:15, 6:16] = 1, 1
+    assert outline(a).sum() == 36
+    assert edge_f1(b, outline(a), tolerance=0).item() == pytest.approx(0.5)
+    assert edge_f1(b, outline(a), tolerance=1).item() == pytest.approx(1.0)
+    assert edge_f1(torch.zeros_like(a), outline(a)).item() == 0
+
+
+def test_real_renders_score_what_a_perfect_controlnet_would():
+    """The protocol's ceiling: a render's own object, read back by colour, against its own condition."""
+    task = control_task(200, "edge")
+    scores = control_scores(task["images"], task)
+    assert scores["edge_f1"] > 0.99 and scores["object_iou"] > 0.95 and scores["all_correct"] > 0.99

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from minidiff.course.sketches import blob, stroke
-from minidiff.datasets.shapes import COLORS
+from minidiff.course.sketches import blob, condition, stroke
+from minidiff.datasets.shapes import COLORS, ShapesDataset
 
 
 def _rgb(picture, y, x):
@@ -42,3 +42,13 @@ def test_a_stroke_is_a_white_line_on_black_through_its_points():
 def test_bad_sketch_options_are_one_clear_error(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+@pytest.mark.parametrize("kind", ["edge", "mask"])
+def test_a_drawn_condition_is_the_renderers_own_for_the_same_shape(kind):
+    renders = ShapesDataset(6, seed=3, size=64)
+    for i, a in enumerate(renders.attributes):
+        drawn = condition(a["shape"], a["center"], a["radius"], kind=kind)
+        assert torch.equal(drawn[0], (renders.edges if kind == "edge" else renders.masks)[i])
+    with pytest.raises(ValueError, match="unknown shape"):
+        condition("star")

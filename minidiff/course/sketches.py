@@ -2,13 +2,14 @@
 would draw with a mouse — a wobbly blob in roughly the right colour, a shaky stroke for a digit.
 
 Both return tensors as the models read them, (1, C, H, W) in [-1, 1], and both are seeded: the wobble
-and the shake are drawn from ``numpy.random.default_rng(seed)``.
+and the shake are drawn from ``numpy.random.default_rng(seed)``. ``condition`` draws a ControlNet's
+condition (chapter 11) — the outline or the filled mask of any shape, anywhere — in [0, 1].
 """
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from minidiff.datasets.shapes import COLORS
+from minidiff.datasets.shapes import COLORS, SHAPES, shape_conditions
 
 
 def _as_tensor(image: Image.Image) -> torch.Tensor:
@@ -45,3 +46,17 @@ def stroke(points, width: float = 2.5, shake: float = 0.6, seed: int = 0, size: 
     image = Image.new("L", (size, size), 0)
     ImageDraw.Draw(image).line(moved, fill=255, width=max(1, round(width)), joint="curve")
     return _as_tensor(image)
+
+
+def condition(shape: str = "circle", center=(32.0, 32.0), radius: float = 10.0, kind: str = "edge",
+              size: int = 64) -> torch.Tensor:
+    """A ControlNet condition, (1, 1, size, size) in {0, 1}: the 1-pixel outline (``kind="edge"``) or the
+    filled mask (``"mask"``) of ``shape`` with its ``center`` (x, y) and ``radius`` in pixels, drawn by the
+    renderer's own rasteriser — the very kind of picture ``controlnet_shapes_edge``/``_mask`` learned from."""
+    if shape not in SHAPES:
+        raise ValueError(f"unknown shape {shape!r}: one of {', '.join(SHAPES)}")
+    if kind not in ("edge", "mask"):
+        raise ValueError(f"the condition kind is 'edge' or 'mask', not {kind!r}")
+    masks, edges = shape_conditions([{"shape": shape, "center": tuple(center), "radius": float(radius)}], size)
+    picked = edges // 255 if kind == "edge" else masks
+    return torch.from_numpy(picked.astype(np.float32))[None]

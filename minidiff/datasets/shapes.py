@@ -336,6 +336,16 @@ def _check_compositions(compositions) -> str:
     return compositions
 
 
+def shape_conditions(attributes: list[dict], size: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ControlNet conditions of shapes given by their ``shape``, ``center`` ((x, y) in pixels) and
+    ``radius`` (in pixels) — any shape, anywhere: ``(masks, edges)``, (n, size, size) uint8 each, the mask
+    1 where a pixel's centre lies inside the shape (a crisp, unbiased rasterisation: mask area ≈ shape
+    area, and every pixel inside the outline is fully covered), the edge 255 on its 1-pixel outline."""
+    masks = np.concatenate([_count_inside(attributes[j:j + 1024], size, _CENTER)
+                            for j in range(0, len(attributes), 1024)])
+    return masks, _outline(masks).astype(np.uint8) * 255
+
+
 def make_shapes(n: int, seed: int = 0, size: int = 32, start: int = 0, compositions: str = "all",
                 language: str = "en") -> dict:
     """Generate examples ``start .. start + n - 1`` of the shapes dataset for ``seed``.
@@ -366,9 +376,7 @@ def make_shapes(n: int, seed: int = 0, size: int = 32, start: int = 0, compositi
     # Draw in chunks so memory stays small for any n (the temporaries are float32 per pixel).
     chunks = [attributes[j:j + 1024] for j in range(0, n, 1024)]
     counts = np.concatenate([_count_inside(c, size, _SUBPIXELS) for c in chunks])
-    # A pixel belongs to the mask if its centre lies inside the shape: a crisp, unbiased
-    # rasterisation (mask area ~ shape area), and every pixel inside the outline is fully covered.
-    masks = np.concatenate([_count_inside(c, size, _CENTER) for c in chunks])
+    masks, edges = shape_conditions(attributes, size)
 
     # Blend shape colour over background by coverage k/16 (this is the anti-aliasing), in integer
     # arithmetic rounded to nearest so every machine gets the same bytes.
@@ -377,7 +385,6 @@ def make_shapes(n: int, seed: int = 0, size: int = 32, start: int = 0, compositi
     fg = np.array([COLORS[a["color"]] for a in attributes], np.uint16)[:, None, None, :]
     bg = np.array([COLORS[a["background"]] for a in attributes], np.uint16)[:, None, None, :]
     images = ((fg * k + bg * (full - k) + full // 2) // full).astype(np.uint8)
-    edges = _outline(masks).astype(np.uint8) * 255
     return {"images": images, "masks": masks, "edges": edges,
             "captions": captions, "attributes": attributes}
 
