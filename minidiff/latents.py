@@ -31,7 +31,8 @@ from safetensors.torch import load_file
 
 from minidiff.files import DataError, project_dir, save_safetensors_atomic
 from minidiff.models.autoencoder import encode_all
-from minidiff.weights import load_pretrained, read_manifest
+from minidiff.models.controlnet import Controlled
+from minidiff.weights import built_on, load_pretrained, read_manifest
 
 
 def measure_scaling_factor(latents: torch.Tensor) -> float:
@@ -88,16 +89,14 @@ def cached_latents(vae, vae_sha256: str, what: dict, images, folder=None) -> tor
 def load_denoiser(name: str, directory=None):
     """A shipped denoiser and how its samples become pictures: ``(model, decode)``, where ``decode`` is
     None for a pixel model and, for a latent one, the decoder of the autoencoder its manifest entry
-    names — only if that autoencoder is the very one it was trained on (same sha256)."""
-    manifest = read_manifest(directory)
-    model, entry = load_pretrained(name, directory=directory), manifest[name]
+    names — only if that autoencoder is the very one it was trained on (same sha256). A ControlNet
+    comes attached to the base U-Net it was trained to steer (``Controlled``), checked alike."""
+    model, entry = load_pretrained(name, directory=directory), read_manifest(directory)[name]
+    if "base" in entry:
+        base = built_on(name, "base", "to steer", "it would steer it wrongly", directory=directory)
+        base, decode = load_denoiser(base, directory)
+        return Controlled(base, model), decode
     if "autoencoder" not in entry:
         return model, None
-    wanted = entry["autoencoder"]
-    vae = load_pretrained(wanted["name"], directory=directory)
-    shipped = manifest[wanted["name"]]["sha256"]
-    if shipped != wanted["sha256"]:
-        raise DataError(f"{name} was trained on the latents of {wanted['name']} {wanted['sha256'][:12]}…, but the "
-                        f"shipped {wanted['name']} is {shipped[:12]}…: its pictures would decode wrongly. Retrain "
-                        f"it with `python -m minidiff train {name} --ship`, or restore data/checkpoints with git.")
-    return model, latent_decoder(vae)
+    vae = built_on(name, "autoencoder", "on the latents of", "its pictures would decode wrongly", directory=directory)
+    return model, latent_decoder(load_pretrained(vae, directory=directory))

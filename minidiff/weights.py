@@ -36,6 +36,7 @@ from minidiff.files import (
 from minidiff.models.autoencoder import VAE, Autoencoder, AutoencoderConfig, VAEConfig
 from minidiff.models.classifier import ClassifierConfig, MNISTClassifier, ShapesJudge, ShapesJudgeConfig
 from minidiff.models.clip import CLIP, CLIPConfig
+from minidiff.models.controlnet import ControlNet, ControlNetConfig
 from minidiff.models.gan import GAN, GANConfig
 from minidiff.models.tokenizer import Tokenizer
 from minidiff.models.unet import UNet, UNetConfig
@@ -43,7 +44,7 @@ from minidiff.models.unet import UNet, UNetConfig
 # the model classes a checkpoint may hold, each with the config dataclass that builds it
 MODELS = {cls.__name__: (cls, config_cls) for cls, config_cls in [
     (Autoencoder, AutoencoderConfig), (VAE, VAEConfig), (GAN, GANConfig), (MNISTClassifier, ClassifierConfig),
-    (ShapesJudge, ShapesJudgeConfig), (UNet, UNetConfig), (CLIP, CLIPConfig)]}
+    (ShapesJudge, ShapesJudgeConfig), (UNet, UNetConfig), (CLIP, CLIPConfig), (ControlNet, ControlNetConfig)]}
 
 
 # ----------------------------------------------------------------------------- shipped weights
@@ -204,6 +205,20 @@ def shipped_start(name: str, model, *, directory=None) -> dict:
     one_stretch = [{"steps": [1, entry["steps"]], "hardware": entry["hardware"], "wall_time_s": entry["wall_time_s"]}]
     return {"weights": shipped.state_dict(), "sha256": entry["sha256"], "step": entry["steps"],
             "wall_time_s": entry["wall_time_s"], "segments": entry.get("segments", one_stretch)}
+
+
+def built_on(name: str, role: str, used: str, harm: str, *, directory=None) -> str:
+    """The shipped model that checkpoint ``name`` was trained with in ``role`` (its manifest entry's
+    ``{role: {"name", "sha256"}}``), only if it is still the very same file; otherwise one DataError
+    that says what ``used`` of it and the ``harm`` a different one would do."""
+    manifest = read_manifest(directory)
+    wanted = manifest[name][role]
+    shipped = manifest.get(wanted["name"], {}).get("sha256", "missing")
+    if shipped != wanted["sha256"]:
+        raise DataError(f"{name} was trained {used} {wanted['name']} {wanted['sha256'][:12]}…, but the shipped "
+                        f"{wanted['name']} is {shipped[:12]}…: {harm}. Retrain it with `python -m minidiff train "
+                        f"{name} --ship`, or restore data/checkpoints with git.")
+    return wanted["name"]
 
 
 def _restore(directory: Path, recipe: str) -> str:

@@ -208,12 +208,11 @@ class UNet(nn.Module):
                 h = layer(h)
         return h
 
-    def forward(self, x, t, cond: dict | None = None):
-        if tuple(x.shape[1:]) != self.sample_shape:
-            raise ValueError(f"this U-Net takes images of shape (B, {', '.join(map(str, self.sample_shape))}), "
-                             f"got {tuple(x.shape)}")
-        cond = cond or {}
-        self.check_cond(cond, x.shape[0])
+    def encode(self, x, t, cond: dict, added: torch.Tensor | None = None) -> tuple[list, torch.Tensor, torch.Tensor]:
+        """The way down and the middle: ``(skips, h, emb)`` — every floor's output that the way up
+        will read across its bridge (the stem's first), the middle's output and the step (and label)
+        embedding. ``added`` (B, channels[0], H/p, W/p) is added after the stem: a ControlNet's copy of
+        this half reads its condition picture there (``minidiff.models.controlnet``)."""
         t = torch.as_tensor(t, device=x.device).expand(x.shape[0])
         emb = self.time_mlp(timestep_embedding(t, self.time_mlp[0].in_features))
         if self.label_embedding is not None:
@@ -224,11 +223,26 @@ class UNet(nn.Module):
         if "concat" in cond:
             x = torch.cat([x, cond["concat"]], dim=1)
         h = self.stem(F.pixel_unshuffle(x, self.config.patch_size))
-        hs = [h]
+        if added is not None:
+            h = h + added
+        skips = [h]
         for layers in self.down:
             h = self._run(layers, h, emb, cond)
-            hs.append(h)
-        h = self._run(self.middle, h, emb, cond)
+            skips.append(h)
+        return skips, self._run(self.middle, h, emb, cond), emb
+
+    def forward(self, x, t, cond: dict | None = None, residuals: list | None = None):
+        """``residuals``: one tensor per skip and then one for the middle, added to them before the way
+        up reads them (a ControlNet's output; zeros change nothing)."""
+        if tuple(x.shape[1:]) != self.sample_shape:
+            raise ValueError(f"this U-Net takes images of shape (B, {', '.join(map(str, self.sample_shape))}), "
+                             f"got {tuple(x.shape)}")
+        cond = cond or {}
+        self.check_cond(cond, x.shape[0])
+        hs, h, emb = self.encode(x, t, cond)
+        if residuals is not None:
+            *extra, middle = residuals
+            hs, h = [a + b for a, b in zip(hs, extra, strict=True)], h + middle
         for layers in self.up:
             if isinstance(layers[0], ResBlock):
                 h = torch.cat([h, hs.pop()], dim=1)  # the bridge from the twin floor
