@@ -90,8 +90,9 @@ def cmd_sample(args):
 def cmd_generate(args):
     """generate, img2img and inpaint: a prompt drawn by a shipped text-to-image model, from noise, from a
     picture, or into a picture's hole."""
-    from minidiff.course.generators import check_samples_path, load_mask, load_picture, save_samples
+    from minidiff.course.generators import check_samples_path, load_condition, load_mask, load_picture, save_samples
     from minidiff.inpainting import inpaint
+    from minidiff.models.controlnet import Controlled
     from minidiff.text2image import load_text_to_image, picture_shape, text_to_image
     check_samples_path(args.out)  # before any work
     model, decode, encoder = load_text_to_image(args.model)
@@ -99,9 +100,18 @@ def cmd_generate(args):
     if masked and not getattr(args, "mask", None):
         sys.exit(f"error: {args.model} draws into the hole of a picture: use `python -m minidiff inpaint IMAGE MASK PROMPT "
                  f"--model {args.model}`")
+    control = getattr(args, "control", None)
+    if isinstance(model, Controlled) != bool(control):
+        sys.exit(f'error: {args.model} is steered by a condition picture: `python -m minidiff generate PROMPT --model '
+                 f'{args.model} --control OUTLINE.png`' if control is None else
+                 "error: --control needs a ControlNet: add --model controlnet_shapes_edge (an outline) or "
+                 "--model controlnet_shapes_mask (a filled mask)")
     sampler = args.sampler or ("dpmpp_2m" if masked or not getattr(args, "mask", None) else "ddpm")
     warnings.showwarning = lambda message, *_, **__: print(f"warning: {message}", file=sys.stderr)  # one line
     draw, options = text_to_image, {}
+    if control:
+        options = {"control": load_condition(control, model.controlnet.config.condition_size),
+                   "control_strength": args.control_strength}
     if getattr(args, "image", None):
         channels, size = picture_shape(model, decode)
         image = load_picture(args.image, size, channels)
@@ -236,6 +246,10 @@ def main(argv=None):
     p = sub.add_parser("generate", help="text to image: draw pictures of a prompt (English or Chinese) into a PNG "
                                          "grid + safetensors")
     p.add_argument("prompt", help='what to draw, e.g. "a large red circle on a blue background, top left"')
+    p.add_argument("--control", help="a ControlNet's condition picture (with --model controlnet_shapes_edge: a white "
+                                     "outline on black; controlnet_shapes_mask: a white mask), 64×64")
+    p.add_argument("--control-strength", type=number(0, 2), default=1.0,
+                   help="how strongly the condition steers, 0 (not at all: the base model) to 2 (default 1)")
     drawing_options(p, "outputs/generated.png")
 
     p = sub.add_parser("img2img", help="start from a picture: noise it by --strength and redraw it with a prompt")

@@ -213,3 +213,15 @@ def load_mask(path, picture, size: int) -> torch.Tensor:
         raise DataError(f"the mask {path} has grey pixels: make it black (keep) and white (redraw) only")
     array = np.asarray(image.resize((size, size), Image.NEAREST)) == 255
     return torch.from_numpy(array).float()[None, None]
+
+
+def load_condition(path, size: int) -> torch.Tensor:
+    """A ControlNet's condition picture file: (1, 1, size, size) in [0, 1], white where the outline or
+    mask is, black elsewhere (grey allowed: a soft edge). It must be exactly the ControlNet's size — an
+    outline resized would blur to grey and move — and is read as grey whatever its mode."""
+    image = _open_picture(path, "the condition picture")
+    if image.size != (size, size):
+        raise DataError(f"the condition picture {path} is {image.size[0]}×{image.size[1]}, but this ControlNet reads "
+                        f"{size}×{size}: draw it at that size (white outline or mask on black)")
+    array = np.asarray(image.convert("L"), dtype=np.float32) / 255
+    return torch.from_numpy(array)[None, None]
