@@ -4,12 +4,15 @@ the manifest and in ``benchmarks/results/text_to_image.json``), so CI stays fast
 Measured (t2i_shapes, 12,000 steps; guidance 3, DPM-Solver++(2M) × 20, evaluation wording): on the first
 300 of the protocol's training-composition tuples all five attributes are right in 100 % (English) and
 98.0 % (Chinese), on the first 150 held-out tuples in 100 % and 98.7 %; t2i_mnist's 200 digits here are
-all read as asked, in both languages."""
+all read as asked, in both languages. The ControlNets (6,000 steps) on the first 200 test conditions of
+training compositions and 100 of held-out ones: see ``test_controlnet_follows_the_condition_and_the_prompt``."""
 import pytest
 import torch
 
 from minidiff.datasets.mnist import digit_caption
+from minidiff.course.recipes.controlnet import draw
 from minidiff.datasets.shapes import TEST_SEED, ShapesDataset
+from minidiff.edit_protocol import control_scores, control_task
 from minidiff.metrics import evaluate_samples, prompt_following
 from minidiff.text2image import load_text_to_image, text_to_image
 
@@ -56,3 +59,17 @@ def test_each_handwritten_digit_is_drawn_as_asked(language):
                              progress=False)
     report = evaluate_samples(pictures, digits)
     assert report["accuracy"] >= 0.99 and min(report["per_class_accuracy"]) >= 0.95, report
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["edge", "mask"])
+@pytest.mark.parametrize("compositions, count", [("train", 200), ("held_out", 100)])
+def test_controlnet_follows_the_condition_and_the_prompt(kind, compositions, count):
+    """Chapter 11's targets: the drawn object's mask IoU with the condition ≥ 0.9, its outline's edge F1
+    ≥ 0.8, and all five attributes right within 1 point of the base drawing the same prompts alone."""
+    model, decode, encoder = load_text_to_image(f"controlnet_shapes_{kind}")  # checks it was trained on t2i_shapes
+    task = control_task(count, kind, seed=TEST_SEED, compositions=compositions)
+    steered = control_scores(draw(model, encoder, decode, task), task)
+    alone = control_scores(draw(model.base, encoder, decode, task), task)
+    assert steered["object_iou"] >= 0.9 and steered["edge_f1"] >= 0.8, steered
+    assert steered["all_correct"] >= alone["all_correct"] - 0.01, (steered, alone)
