@@ -343,3 +343,44 @@ question("mask_model_cheaper", options={
    "merged after each step. The mask-conditioned model reads the known picture and the mask as extra input channels "
    "at every step, so it draws a continuation from the first step on, with any sampler and 20 or fewer calls. "
    "The price was paid once, in training; Stable Diffusion's inpainting model is built the same way.")
+
+# ----------------------------------------------------------------------------- chapter 11
+
+question("control_strength_zero", options={
+    "a": "(the right answer)",
+    "b": "λ scales only what the ControlNet *adds* to the base's skips and middle; the base itself still runs in "
+         "full. Nothing is switched off but the addition",
+    "c": "the prompt reaches the frozen base through its own cross-attention, which λ does not touch: with nothing "
+         "added, what is left is the base reading the prompt",
+}, answer="a", why="The residuals are multiplied by λ before they are added, so λ = 0 adds exactly 0 and the frozen "
+   "base computes what it always computed: the same prediction at every step, the same picture, bit for bit "
+   "(the cell below checks it). In between, λ slides from the base's own picture towards the condition's.")
+
+question("gaussian_start", options={
+    "a": "that is what *zero* convolutions give. A Gaussian 1×1 convolution turns the copy's features into "
+         "residuals as large as the skips they are added to: what reaches the base's way up is no longer what it "
+         "was trained on",
+    "b": "(the right answer)",
+    "c": "the copy has never seen an outline yet — its hint encoder's last layer is still zero — so nothing in it "
+         "knows where the outline is. What it adds is its copy of the base's own features, at full size",
+}, answer="b", why="With Gaussian convolutions the untrained ControlNet adds to every skip a random mixture of the "
+   "copy's features, as large as the skip itself: the base's way up reads features it has never seen and draws "
+   "something else than the prompt asks. Training must first undo that damage. Zero convolutions add exactly "
+   "nothing at step 0, so training starts from the base's own pictures and only has to learn what to add.")
+
+question("conflict_winner", options={
+    "a": "the prompt asks for another shape, but look at the pictures at λ = 1: which shape do their outlines have?",
+    "b": "look at the pictures at λ = 1 and at the shares printed: does the prompt's shape win there?",
+    "c": "a blend happens in between — but at λ = 1, count the pictures of each shape: one kind clearly wins",
+}, why="At full strength the condition wins: the outline enters the base at every skip and in the middle, at every "
+   "step, while the prompt reaches it only through cross-attention. Turning λ down hands the shape back to the "
+   "prompt; the crossing point is where the base's own idea of the prompt is as strong as the outline.")
+
+question("sudden_convergence", options={
+    "a": "look at the first points of the curve: for how many steps does the IoU stay where the base alone is?",
+    "b": "look at where the curve leaves the base's level, and how many steps it takes to get most of the way up",
+    "c": "look at the first points: the zero convolutions start at 0, so the first steps change almost nothing",
+}, why="For hundreds of steps the IoU stays at the base's level — the zero convolutions are still growing out "
+   "of 0 and the copy is still learning to read the hint — and then, within about a hundred steps, the drawn "
+   "objects snap onto the condition. Zhang et al. call it the sudden convergence: the model does not learn to "
+   "follow the condition gradually, it starts to follow it at once.")

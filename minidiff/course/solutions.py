@@ -179,3 +179,20 @@ def repaint_merge(x, known, mask, sigma, noise):
     """RePaint: the sampler's state in the hole (mask 1), the known latent noised to the same level σ
     elsewhere."""
     return mask * x + (1 - mask) * (known + sigma * noise)
+
+
+def zero_conv_gradient(s, upstream):
+    """∂L/∂W[o, i] = Σ_{b, h, w} upstream[b, o, h, w] · s[b, i, h, w]: the input, not the zero weight."""
+    return torch.einsum("bohw,bihw->oi", upstream, s)
+
+
+def add_control(unet, x, t, residuals):
+    """A ControlNet's residuals on the skips and the middle, then the U-Net's way up as usual."""
+    skips, h, emb = unet.encode(x, t, {})
+    skips = [skip + r for skip, r in zip(skips, residuals[:-1])]
+    h = h + residuals[-1]
+    for layers in unet.up:
+        if type(layers[0]).__name__ == "ResBlock":
+            h = torch.cat([h, skips.pop()], dim=1)
+        h = unet._run(layers, h, emb, {})
+    return F.pixel_shuffle(unet.head(h), unet.config.patch_size)
