@@ -248,6 +248,29 @@ def img2img_and_inpainting():
             f"(\"{holes['prompts'][0]}\", …) by {methods}", sheet)
 
 
+@panel
+def controlnet_grid():
+    """Chapter 11: conditions drawn by code (an outline, a filled mask) and what t2i_shapes draws for one
+    prompt per row, steered by controlnet_shapes_edge / _mask at control strengths 0 (the base alone) to 1."""
+    from minidiff.course.sketches import condition
+    from minidiff.text2image import load_text_to_image, text_to_image
+    strengths = [0.0, 0.25, 0.5, 0.75, 1.0]
+    rows = []
+    for kind, shape, centre, radius, prompt in [
+            ("edge", "triangle", (18, 18), 12, "a large yellow triangle on a blue background, top left"),
+            ("edge", "circle", (34, 30), 7, "a small red circle on a white background, center"),
+            ("mask", "square", (46, 46), 12, "a large green square on a black background, bottom right")]:
+        model, decode, encoder = load_text_to_image(f"controlnet_shapes_{kind}")
+        given = condition(shape, centre, radius, kind=kind)
+        drawn = text_to_image(model, encoder, [prompt] * len(strengths), control=given, control_strength=strengths,
+                              decode=decode, sampler="dpmpp_2m", num_inference_steps=20, seed=0, progress=False)
+        rows.append(torch.cat([given.expand(1, 3, -1, -1) * 2 - 1, drawn]))
+    return ("ControlNet (ch. 11): a condition drawn by code (outline, outline, filled mask), then the prompt drawn at "
+            f"control strength {', '.join(map(str, strengths))}\n(0: t2i_shapes alone; the prompts name the "
+            "shape, colour and corner, the condition says exactly where and how large)",
+            image_grid(torch.cat(rows).clamp(-1, 1), ncols=len(strengths) + 1))
+
+
 def make_demo(path="outputs/demo.png") -> Path:
     """Draw every panel, one above the other, into ``path`` (written atomically)."""
     matplotlib.use("Agg")
