@@ -159,8 +159,9 @@ def _controlnet(name: str, kind: str, fast: bool, device: str, steps: int | None
             f"and every training wording ({PROMPT_DROPOUT:.0%} replaced by the empty prompt); measured on {TASKS:,} "
             f"test and {HELD_OUT_TASKS:,} held-out renders' conditions with their captions")
     strip = load_file(Path(run_dir(name, fast)) / "convergence.safetensors")
+    companions = {"convergence.safetensors": lambda path: save_safetensors_atomic(shipped_strip(strip), path)}
     return finish(model.controlnet, name, result, fast, note, metrics, options, better=("object_iou", "higher"),
-                  companions={"convergence.safetensors": lambda path: save_safetensors_atomic(shipped_strip(strip), path)}, **_used(manifest, base=BASE, autoencoder=AUTOENCODER, text_encoder=TEXT_ENCODER))
+                  companions=companions, **_used(manifest, base=BASE, autoencoder=AUTOENCODER, text_encoder=TEXT_ENCODER))
 
 
 @RECIPES.register
