@@ -178,10 +178,25 @@ def check_editing(tmp_path, monkeypatch, capsys):
             assert row[kind]["kept_exactly"] is True and 0 <= row[kind]["all_correct"] <= 1
 
 
+def check_controlnet(tmp_path, monkeypatch, capsys):
+    out = smoke("controlnet.py", tmp_path, monkeypatch)
+    report = written(out / "controlnet.json")
+    assert (out / "controlnet_convergence.png").stat().st_size > 0 and (out / "controlnet_conflicts.png").stat().st_size > 0
+    assert report["step_zero"]["zero"]["largest_difference_from_base"] == 0  # zero convolutions: the base exactly
+    assert report["step_zero"]["gaussian"]["largest_difference_from_base"] > 0
+    assert [c[0] for c in report["ablation"]["curves"]["gaussian"]] == [10, 20]
+    cost = report["cost"]
+    assert cost["ControlNet"]["trainable_parameters"] < cost["fine-tune the base"]["trainable_parameters"]
+    assert cost["ControlNet"]["frozen_parameters"] == cost["fine-tune the base"]["trainable_parameters"]
+    assert [r["control_strength"] for r in report["conflicts"]["edge"]] == [0.0, 1.0]
+    assert all(r["condition_wins"] + r["prompt_wins"] <= 1 for r in report["conflicts"]["edge"])
+
+
 CHECKS = {"sampling_speed.py": check_sampling_speed, "clip_speed.py": check_clip_speed, "latent_vs_pixel.py": check_latent_vs_pixel,
           "fid_vs_nfe.py": check_fid_vs_nfe, "samplers_vs_diffusers.py": check_samplers_vs_diffusers,
           "ddpm_vs_diffusers.py": check_ddpm_vs_diffusers, "protocol_cost.py": check_protocol_cost,
-          "text_to_image.py": check_text_to_image, "editing.py": check_editing}
+          "text_to_image.py": check_text_to_image, "editing.py": check_editing,
+          "controlnet.py": check_controlnet}
 FAST = {"sampling_speed.py"}  # about a second; the others load the judge's test statistics or train
 
 
