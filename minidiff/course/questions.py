@@ -365,16 +365,19 @@ question("gaussian_start", options={
          "knows where the outline is. What it adds is its copy of the base's own features, at full size",
 }, answer="b", why="With Gaussian convolutions the untrained ControlNet adds to every skip a random mixture of the "
    "copy's features, as large as the skip itself: the base's way up reads features it has never seen and draws "
-   "something else than the prompt asks. Training must first undo that damage. Zero convolutions add exactly "
+   "other pictures — smudged, recoloured, some no longer what the prompt asks. Training must first undo that damage. Zero convolutions add exactly "
    "nothing at step 0, so training starts from the base's own pictures and only has to learn what to add.")
 
 question("conflict_winner", options={
-    "a": "the prompt asks for another shape, but look at the pictures at λ = 1: which shape do their outlines have?",
-    "b": "look at the pictures at λ = 1 and at the shares printed: does the prompt's shape win there?",
-    "c": "a blend happens in between — but at λ = 1, count the pictures of each shape: one kind clearly wins",
-}, why="At full strength the condition wins: the outline enters the base at every skip and in the middle, at every "
-   "step, while the prompt reaches it only through cross-attention. Turning λ down hands the shape back to the "
-   "prompt; the crossing point is where the base's own idea of the prompt is as strong as the outline.")
+    "a": "the outline enters every skip at every step — but look at the pictures at λ = 1: whose shape do they "
+         "have, and where is it drawn?",
+    "b": "look at the shares printed at λ = 1: does the outline's shape win there, or only its place and size?",
+    "c": "look at the pictures at λ = 1: are they blends, or clean shapes of one kind — and which kind?",
+}, why="The prompt wins: at λ = 1 nearly every picture has the shape the prompt names, drawn where the outline is and "
+   "about as large (the IoU with the condition rises with λ while the shape does not change). The ControlNet was "
+   "trained only on outlines that agree with their captions (or with the empty prompt), so it never had to override "
+   "a word: it learned *where* and *how large*, while *what* still comes from the prompt through cross-attention. "
+   "Only far beyond the strength it was trained at does the outline start to win.")
 
 question("sudden_convergence", options={
     "a": "look at the first points of the curve: for how many steps does the IoU stay where the base alone is?",
