@@ -9,6 +9,7 @@ from minidiff.datasets.shapes import (
     ATTRIBUTES,
     COLORS,
     HELD_OUT,
+    NEW_SHAPES,
     POSITIONS,
     SHAPES,
     SIZES,
@@ -154,6 +155,34 @@ def test_shapes_are_distinguishable_by_how_much_of_their_box_they_fill():
     assert max(fill["triangle"]) < min(fill["circle"]) <= max(fill["circle"]) < min(fill["square"])
 
 
+def test_new_shapes_leave_every_existing_render_unchanged():
+    """Chapter 12's new shapes are drawn only when asked for: the bytes of the streams every shipped model
+    trained and was measured on are those recorded before they existed."""
+    import hashlib
+    for kwargs, digest in [(dict(n=300, seed=0, size=64, compositions="train"),
+                            "c8d178f8f3851f8362bed5fcdeb70569b91dfa21b0550c534e8ece1cf0d13a0c"),
+                           (dict(n=300, seed=1, size=32, language="zh"),
+                            "80e8c305a5794f0019465eba732277590539d53e0145417d4938845c25dd33e0")]:
+        d = make_shapes(**kwargs)
+        data = d["images"].tobytes() + d["masks"].tobytes() + d["edges"].tobytes() + "|".join(d["captions"]).encode()
+        assert hashlib.sha256(data).hexdigest() == digest, kwargs
+
+
+def test_new_shapes_fill_their_box_as_geometry_says():
+    """A star with tips at r and inner vertices at r/2 covers 10 triangles of area r·(r/2)·sin 36°/2; the heart
+    (x² + y² − 1)³ ≤ x²y³ has area 3.6595 in its own units, scaled here by (r/1.139)²."""
+    d = make_shapes(400, seed=1, size=64, shapes=NEW_SHAPES)
+    fill = {s: [] for s in NEW_SHAPES}
+    for mask, a in zip(d["masks"], d["attributes"]):
+        fill[a["shape"]].append(mask.sum() / (2 * a["radius"]) ** 2)
+    targets = {"star": 2.5 * np.sin(np.pi / 5) / 4, "heart": 3.6595 / 1.139 ** 2 / 4}
+    for shape, target in targets.items():
+        assert len(fill[shape]) > 150 and np.mean(fill[shape]) == pytest.approx(target, abs=0.02), shape
+    assert {a["shape"] for a in make_shapes(50, shapes=("star",))["attributes"]} == {"star"}
+    captions = make_shapes(3, shapes=("star",), language="zh")["captions"]
+    assert all("五角星" in c for c in captions)
+
+
 def test_large_shapes_are_larger(data):
     areas = {s: [m.sum() for m, a in zip(data["masks"], data["attributes"]) if a["size"] == s]
              for s in SIZES}
@@ -185,6 +214,9 @@ def test_dataset_items():
     ({"n": True}, "n must be"), ({"n": 4, "size": 30}, "multiple of 8"),
     ({"n": 4, "size": 0}, "size must be"), ({"n": 4, "size": 8}, "at least 16"),
     ({"n": 4, "seed": -1}, "seed must be"), ({"n": 4, "start": -1}, "start must be"),
+    ({"n": 4, "shapes": ()}, "shapes must be"), ({"n": 4, "shapes": "star"}, "shapes must be"),
+    ({"n": 4, "shapes": ("star", "hexagon")}, "shapes must be"),
+    ({"n": 4, "shapes": ("star",), "compositions": "held_out"}, "none of"),
 ])
 def test_bad_arguments_say_what_is_allowed(kwargs, message):
     with pytest.raises(ValueError, match=message):

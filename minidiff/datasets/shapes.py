@@ -40,6 +40,9 @@ import numpy as np
 import torch
 
 SHAPES = ("circle", "square", "triangle")
+# Shapes that no model of chapters 07–11 (and no CLIP) ever sees: chapter 12 teaches one to a trained model.
+# They are drawn only when asked for (``make_shapes(..., shapes=...)``), so every stream of SHAPES stays as it was.
+NEW_SHAPES = ("star", "heart")
 COLORS = {  # name -> RGB; saturated and far apart, so each stays recognisable at 32x32
     "red": (220, 30, 30),
     "green": (40, 170, 60),
@@ -137,7 +140,7 @@ _EVAL_TEMPLATES = {
     "zh": "一张{background}背景的图片，{position}画着一个{color}的{size}{shape}",
 }
 CHINESE_WORDS = {  # attribute -> value -> its Chinese word, shared by every Chinese template
-    "shape": {"circle": "圆形", "square": "正方形", "triangle": "三角形"},
+    "shape": {"circle": "圆形", "square": "正方形", "triangle": "三角形", "star": "五角星", "heart": "心形"},
     "color": {"red": "红色", "green": "绿色", "blue": "蓝色", "yellow": "黄色",
               "purple": "紫色", "orange": "橙色", "white": "白色", "black": "黑色"},
     "size": {"small": "小", "large": "大"},
@@ -219,17 +222,18 @@ def _wording(seed: int, i: int, language: str, english_template: int) -> int:
 # Sampling attributes
 
 
-def _sample_attributes(rng: np.random.Generator, size: int, compositions: str = "all") -> tuple[dict, int]:
+def _sample_attributes(rng: np.random.Generator, size: int, compositions: str = "all",
+                       shapes: tuple = SHAPES) -> tuple[dict, int]:
     """Draw one example's attributes (and a caption template) from its own random generator; for a
     split, draw again from the same generator until the composition belongs to it. Every allowed
     composition stays equally likely, and the "all" stream is the one the dataset always had."""
     while True:
-        attributes, template = _draw_attributes(rng, size)
+        attributes, template = _draw_attributes(rng, size, shapes)
         if compositions == "all" or is_held_out(attributes) == (compositions == "held_out"):
             return attributes, template
 
 
-def _draw_attributes(rng: np.random.Generator, size: int) -> tuple[dict, int]:
+def _draw_attributes(rng: np.random.Generator, size: int, shapes: tuple = SHAPES) -> tuple[dict, int]:
     colors = list(COLORS)
     color = int(rng.integers(len(colors)))
     # Any colour but the shape's own: shift by 1..len-1 places around the palette.
@@ -242,7 +246,7 @@ def _draw_attributes(rng: np.random.Generator, size: int) -> tuple[dict, int]:
     cy = (_GRID[p // 3] + jitter[1]) * scale
     radius = rng.uniform(*_RADIUS[size_name]) * scale
     attributes = {
-        "shape": SHAPES[int(rng.integers(len(SHAPES)))],
+        "shape": shapes[int(rng.integers(len(shapes)))],
         "color": colors[color],
         "background": colors[background],
         "size": size_name,
@@ -273,7 +277,33 @@ def _inside_triangle(dx, dy, r):
     return (dy <= r) & (2 * np.abs(dx) <= dy + r)
 
 
-_INSIDE = {"circle": _inside_circle, "square": _inside_square, "triangle": _inside_triangle}
+_STAR_INNER = 0.5                           # inner vertices at half the tips' radius: chunkier than a pentagram's 0.38
+_STAR_SECTOR = 2 * np.pi / 5
+_STAR_EDGE = (_STAR_INNER * np.cos(np.pi / 5) - 1, _STAR_INNER * np.sin(np.pi / 5))  # tip → inner vertex, per unit r
+
+
+def _inside_star(dx, dy, r):
+    # A five-pointed star, one tip straight up at distance r. Fold the point into the sector around the
+    # nearest tip (angle φ from it, |φ| ≤ 36°), then keep it if it lies on the centre's side of the edge
+    # from that tip (r, 0) to the inner vertex (0.5 r at 36°): a cross product with that edge.
+    angle = np.arctan2(dx, -dy)
+    phi = np.abs(np.mod(angle + _STAR_SECTOR / 2, _STAR_SECTOR) - _STAR_SECTOR / 2)
+    rho = np.sqrt(dx * dx + dy * dy)
+    px, py = rho * np.cos(phi), rho * np.sin(phi)
+    ex, ey = _STAR_EDGE[0] * r, _STAR_EDGE[1] * r
+    return ex * py - ey * (px - r) >= 0
+
+
+def _inside_heart(dx, dy, r):
+    # The classic heart curve (x² + y² − 1)³ ≤ x² y³ (y up), which spans x in ±1.139 and y in [−1, 1.236]:
+    # scaled so its width is 2r and centred on its bounding box (height 1.96 r).
+    x = dx * (1.139 / r)
+    y = -dy * (1.139 / r) + 0.118
+    return (x * x + y * y - 1) ** 3 <= x * x * y ** 3
+
+
+_INSIDE = {"circle": _inside_circle, "square": _inside_square, "triangle": _inside_triangle,
+           "star": _inside_star, "heart": _inside_heart}
 
 
 def _count_inside(attributes: list[dict], size: int, offsets: np.ndarray) -> np.ndarray:
@@ -330,6 +360,13 @@ def _check_size(size) -> int:
     return int(size)
 
 
+def _check_shapes(shapes) -> tuple:
+    known = SHAPES + NEW_SHAPES
+    if isinstance(shapes, str) or not shapes or any(shape not in known for shape in shapes):
+        raise ValueError(f"shapes must be a non-empty tuple of {', '.join(known)}, got {shapes!r}")
+    return tuple(shapes)
+
+
 def _check_compositions(compositions) -> str:
     if compositions not in COMPOSITIONS:
         raise ValueError(f"compositions must be one of {', '.join(COMPOSITIONS)}, got {compositions!r}")
@@ -347,7 +384,7 @@ def shape_conditions(attributes: list[dict], size: int) -> tuple[np.ndarray, np.
 
 
 def make_shapes(n: int, seed: int = 0, size: int = 32, start: int = 0, compositions: str = "all",
-                language: str = "en") -> dict:
+                language: str = "en", shapes: tuple = SHAPES) -> dict:
     """Generate examples ``start .. start + n - 1`` of the shapes dataset for ``seed``.
 
     Returns a dict of numpy arrays and lists, one entry per example:
@@ -359,6 +396,8 @@ def make_shapes(n: int, seed: int = 0, size: int = 32, start: int = 0, compositi
     ``size`` is the image side in pixels, a multiple of 8 and at least 16 (the course uses 32 or 64).
     ``compositions`` is "all", "train" (never a ``HELD_OUT`` combination) or "held_out" (only those).
     ``language`` is "en" or "zh": the same pictures, captioned in English or in Chinese.
+    ``shapes`` are the shapes drawn from (any of ``SHAPES + NEW_SHAPES``; ``("star",)`` draws only stars, with
+    the colours, sizes and places of the usual stream). Held-out compositions concern ``SHAPES`` only.
     """
     language = _check_language(language)
     compositions = _check_compositions(compositions)
@@ -366,10 +405,13 @@ def make_shapes(n: int, seed: int = 0, size: int = 32, start: int = 0, compositi
     seed = _check_int("seed", seed, 0)
     size = _check_size(size)
     start = _check_int("start", start, 0)
+    shapes = _check_shapes(shapes)
+    if compositions == "held_out" and not set(shapes) & set(SHAPES):
+        raise ValueError(f"held-out compositions are of {', '.join(SHAPES)}: none of {shapes} has any")
 
     attributes, captions = [], []
     for i in range(start, start + n):
-        a, template = _sample_attributes(np.random.default_rng([seed, i]), size, compositions)
+        a, template = _sample_attributes(np.random.default_rng([seed, i]), size, compositions, shapes)
         attributes.append(a)
         captions.append(caption(a, _wording(seed, i, language, template), language))
 
@@ -408,12 +450,12 @@ class ShapesDataset(torch.utils.data.Dataset):
     For fast batched use the whole set is also available as ``.images`` (N, 3, H, W), ``.masks``
     and ``.edges`` (N, 1, H, W), plus ``.captions`` and ``.attributes`` lists. ``compositions``
     picks the split, as in ``make_shapes``: models that generate train on ``"train"``; ``language``
-    ("en" or "zh") the captions' language.
+    ("en" or "zh") the captions' language; ``shapes`` the shapes drawn from, as in ``make_shapes``.
     """
 
     def __init__(self, n: int = 10000, seed: int = 0, size: int = 32, compositions: str = "all",
-                 language: str = "en"):
-        data = make_shapes(n, seed=seed, size=size, compositions=compositions, language=language)
+                 language: str = "en", shapes: tuple = SHAPES):
+        data = make_shapes(n, seed=seed, size=size, compositions=compositions, language=language, shapes=shapes)
         images = torch.from_numpy(data["images"]).permute(0, 3, 1, 2).contiguous()  # HWC -> CHW
         self.images = images.float() / 127.5 - 1
         self.masks = torch.from_numpy(data["masks"]).float()[:, None]
