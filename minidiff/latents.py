@@ -31,7 +31,7 @@ from safetensors.torch import load_file
 
 from minidiff.files import DataError, project_dir, save_safetensors_atomic
 from minidiff.models.autoencoder import encode_all
-from minidiff.models.controlnet import Controlled
+from minidiff.models.controlnet import ControlNet, Controlled
 from minidiff.weights import built_on, load_pretrained, read_manifest
 
 
@@ -92,7 +92,7 @@ def load_denoiser(name: str, directory=None):
     names — only if that autoencoder is the very one it was trained on (same sha256). A ControlNet
     comes attached to the base U-Net it was trained to steer (``Controlled``), checked alike."""
     model, entry = load_pretrained(name, directory=directory), read_manifest(directory)[name]
-    if "base" in entry:
+    if isinstance(model, ControlNet):  # (a grown model, like inpaint_shapes, names its base too, but stands alone)
         base = built_on(name, "base", "to steer", "it would steer it wrongly", directory=directory)
         base, decode = load_denoiser(base, directory)
         return Controlled(base, model), decode

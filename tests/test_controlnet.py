@@ -175,3 +175,13 @@ def test_the_generate_command_reads_a_condition_picture_and_says_what_goes_wrong
         assert_one_line_error(["generate", "a red circle", "--model", "control_tiny", *argv], said, capsys)
     assert_one_line_error(["generate", "a red circle", "--model", "t2i_tiny", "--control", str(edge)],
                           "--control needs a ControlNet", capsys)
+
+
+def test_a_grown_model_that_names_its_base_is_not_taken_for_a_controlnet():
+    """inpaint_shapes records the t2i_shapes it grew from as its base, like a ControlNet does; it loads alone."""
+    from minidiff.latents import load_denoiser
+    from minidiff.models.unet import UNet
+    model, decode = load_denoiser("inpaint_shapes")
+    assert type(model) is UNet and decode is not None
+    steered, _ = load_denoiser("controlnet_shapes_mask")
+    assert isinstance(steered, Controlled) and type(steered.base) is UNet
