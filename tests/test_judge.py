@@ -4,9 +4,19 @@ import torch
 import torch.nn.functional as F
 
 from minidiff import metrics
-from minidiff.datasets.shapes import ATTRIBUTES, TEST_SEED, TRAIN_SEED, ShapesDataset, attribute_labels
+from minidiff.course.recipes.judge import grown_judge
+from minidiff.datasets.shapes import (
+    ALL_SHAPES,
+    ATTRIBUTES,
+    NEW_SHAPES,
+    SHAPES,
+    TEST_SEED,
+    TRAIN_SEED,
+    ShapesDataset,
+    attribute_labels,
+)
 from minidiff.models.classifier import ShapesJudge, ShapesJudgeConfig, judge_loss
-from minidiff.weights import read_manifest
+from minidiff.weights import load_pretrained, read_manifest
 
 
 @pytest.fixture(autouse=True)
@@ -22,6 +32,26 @@ def test_the_judge_reads_every_value_of_every_attribute():
     assert list(parts) == list(ATTRIBUTES)
     assert [p.shape[1] for p in parts.values()] == [len(v) for v in ATTRIBUTES.values()]
     assert torch.equal(torch.cat(list(parts.values()), 1), logits)
+
+
+def test_a_judge_of_five_shapes_has_two_more_shape_outputs_and_labels_new_shapes_after_the_old():
+    judge = ShapesJudge(ShapesJudgeConfig(channels=8, features=32, shapes=5)).eval()
+    parts = judge.split(judge(ShapesDataset(4, seed=0).images))
+    assert parts["shape"].shape == (4, 5) and [p.shape[1] for p in parts.values()][1:] == [8, 8, 2, 9]
+    stars = ShapesDataset(3, seed=0, shapes=("circle", "star", "heart")).attributes
+    labels = attribute_labels(stars)[:, 0].tolist()
+    assert [ALL_SHAPES[k] for k in labels] == [a["shape"] for a in stars] and ALL_SHAPES[:3] == ATTRIBUTES["shape"]
+
+
+def test_a_grown_judge_reads_every_old_picture_as_the_judge_it_grew_from():
+    torch.manual_seed(0)
+    small = ShapesJudge(ShapesJudgeConfig(channels=8, features=32)).eval()
+    grown = grown_judge(small, 5).eval()
+    pictures = ShapesDataset(64, seed=TEST_SEED).images
+    before, after = small.split(small(pictures)), grown.split(grown(pictures))
+    assert torch.equal(after["shape"][:, :3], before["shape"])
+    assert all(torch.equal(after[name], before[name]) for name in list(ATTRIBUTES)[1:])
+    assert (after["shape"][:, 3:] <= before["shape"].max(1, keepdim=True).values).all()  # a new shape never wins yet
 
 
 def test_a_64_pixel_picture_is_read_as_its_2x2_average():
@@ -83,6 +113,17 @@ def test_the_shipped_judge_reads_test_renders_as_recorded(size):
     assert min(report["accuracy"].values()) >= 0.995
     recorded = read_manifest()["shapes_judge"]["metrics"][f"test_accuracy_{size}"]
     assert min(v for k, v in recorded.items() if k != "all_correct") >= 0.995
+
+
+@pytest.mark.parametrize("size", [32, 64])
+def test_the_grown_judge_reads_the_new_shapes_and_still_the_old(size):
+    """shapes_judge_plus (chapter 12): ≥ 99.5 % on every attribute of 1,000 test renders of the star and the
+    heart, and of 1,000 of the three old shapes, at each size (the manifest has 10,000 of all five: 100 %)."""
+    judge = load_pretrained("shapes_judge_plus")
+    for shapes in (NEW_SHAPES, SHAPES):
+        data = ShapesDataset(1000, seed=TEST_SEED, size=size, shapes=shapes)
+        _, read = metrics.judge_read(data.images, judge)
+        assert ((read == attribute_labels(data.attributes)).float().mean(0) >= 0.995).all(), shapes
 
 
 def test_a_model_that_only_draws_red_circles_scores_badly():

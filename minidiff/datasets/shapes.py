@@ -43,6 +43,7 @@ SHAPES = ("circle", "square", "triangle")
 # Shapes that no model of chapters 07–11 (and no CLIP) ever sees: chapter 12 teaches one to a trained model.
 # They are drawn only when asked for (``make_shapes(..., shapes=...)``), so every stream of SHAPES stays as it was.
 NEW_SHAPES = ("star", "heart")
+ALL_SHAPES = SHAPES + NEW_SHAPES  # a shape's label is its index here: the first three keep theirs
 COLORS = {  # name -> RGB; saturated and far apart, so each stays recognisable at 32x32
     "red": (220, 30, 30),
     "green": (40, 170, 60),
@@ -361,9 +362,8 @@ def _check_size(size) -> int:
 
 
 def _check_shapes(shapes) -> tuple:
-    known = SHAPES + NEW_SHAPES
-    if isinstance(shapes, str) or not shapes or any(shape not in known for shape in shapes):
-        raise ValueError(f"shapes must be a non-empty tuple of {', '.join(known)}, got {shapes!r}")
+    if isinstance(shapes, str) or not shapes or any(shape not in ALL_SHAPES for shape in shapes):
+        raise ValueError(f"shapes must be a non-empty tuple of {', '.join(ALL_SHAPES)}, got {shapes!r}")
     return tuple(shapes)
 
 
@@ -432,8 +432,10 @@ def make_shapes(n: int, seed: int = 0, size: int = 32, start: int = 0, compositi
 
 
 def attribute_labels(attributes: list[dict]) -> torch.Tensor:
-    """(N, 5) integer labels, one column per ``ATTRIBUTES`` key in order: each value's index in its list."""
-    index = {name: {value: k for k, value in enumerate(values)} for name, values in ATTRIBUTES.items()}
+    """(N, 5) integer labels, one column per ``ATTRIBUTES`` key in order: each value's index in its list
+    (a new shape's, in ``ALL_SHAPES``: star 3, heart 4)."""
+    table = {**ATTRIBUTES, "shape": ALL_SHAPES}
+    index = {name: {value: k for k, value in enumerate(values)} for name, values in table.items()}
     return torch.tensor([[index[name][a[name]] for name in ATTRIBUTES] for a in attributes], dtype=torch.long)
 
 

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from minidiff.datasets.shapes import ATTRIBUTES
+from minidiff.datasets.shapes import ALL_SHAPES, ATTRIBUTES
 
 
 @dataclass
@@ -54,15 +54,17 @@ class ShapesJudgeConfig:
     features: int = 256       # the feature layer the shapes protocol's FID is computed in
     dropout: float = 0.2
     image_size: int = 32      # the resolution it reads at: a larger picture is averaged down to it first
+    shapes: int = 3           # how many of ``ALL_SHAPES`` it reads: 3 (SHAPES), or 5 with chapter 12's new ones
 
 
 class ShapesJudge(nn.Module):
     """Reads a shapes picture's attributes: (B, 3, S, S) images in [-1, 1] → logits for every value of
     every attribute, one block per ``ATTRIBUTES`` key (3 shapes, 8 colours, 8 backgrounds, 2 sizes,
-    9 positions = 30 logits). S may be 32 or any multiple: a 64×64 picture is averaged over 2×2 blocks
-    to 32×32 first, which is what drawing it at 32 would have given (up to the renderer's
-    supersampling), so one judge reads every size the course uses and scores them alike. Position
-    needs *where*: the last feature map is flattened, not pooled."""
+    9 positions = 30 logits; with ``shapes=5`` it also reads chapter 12's star and heart: 32 logits).
+    S may be 32 or any multiple: a 64×64 picture is averaged over 2×2 blocks to 32×32 first, which is
+    what drawing it at 32 would have given (up to the renderer's supersampling), so one judge reads
+    every size the course uses and scores them alike. Position needs *where*: the last feature map is
+    flattened, not pooled."""
 
     def __init__(self, config: ShapesJudgeConfig | None = None):
         super().__init__()
@@ -75,8 +77,9 @@ class ShapesJudge(nn.Module):
         self.body = nn.Sequential(stage(3, c), stage(c, 2 * c), stage(2 * c, 4 * c), nn.Flatten(),
                                   nn.Linear(4 * c * side * side, config.features), nn.ReLU())
         self.dropout = nn.Dropout(config.dropout)
-        self.head = nn.Linear(config.features, sum(len(v) for v in ATTRIBUTES.values()))
-        self.splits = list(accumulate(len(v) for v in ATTRIBUTES.values()))[:-1]
+        self.attributes = {**ATTRIBUTES, "shape": ALL_SHAPES[:config.shapes]}  # what it reads, value by value
+        self.head = nn.Linear(config.features, sum(len(v) for v in self.attributes.values()))
+        self.splits = list(accumulate(len(v) for v in self.attributes.values()))[:-1]
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) images in [-1, 1], S a multiple of 32 → (B, features)."""
@@ -92,8 +95,8 @@ class ShapesJudge(nn.Module):
         return self.head(self.dropout(self.features(x)))
 
     def split(self, logits: torch.Tensor) -> dict:
-        """(B, 30) logits → {attribute: (B, its values) logits}."""
-        return dict(zip(ATTRIBUTES, logits.tensor_split(self.splits, dim=1)))
+        """(B, 30) logits (32 with five shapes) → {attribute: (B, its values) logits}."""
+        return dict(zip(self.attributes, logits.tensor_split(self.splits, dim=1)))
 
 
 def judge_loss(model: ShapesJudge, batch):
