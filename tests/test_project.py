@@ -88,7 +88,7 @@ LAYERS = {  # a module may import from its own layer and the ones below, never f
     "datasets": 1, "diffusion": 1,
     "models": 2,
     "train": 3, "resume": 3, "weights": 3, "metrics": 3, "viz": 3, "latents": 3, "text2image": 3, "inpainting": 3,
-    "edit_protocol": 3,
+    "edit_protocol": 3, "concept_protocol": 3,
     "course": 4,
     "__main__": 5,
 }
