@@ -63,6 +63,13 @@ def judge_renders(n: int, seed: int, size: int, start: int = 0, compositions: st
     return ((pixels + 1) * 127.5).round().to(torch.uint8), attribute_labels(data.attributes)
 
 
+def judge_training_set(n: int, shapes=SHAPES) -> TensorDataset:
+    """What a shapes judge trains on: ``n`` renders of ``JUDGE_SEED`` drawn at 32 px and the next ``n`` at 64 px."""
+    x32, y32 = judge_renders(n, JUDGE_SEED, 32, shapes=shapes)
+    x64, y64 = judge_renders(n, JUDGE_SEED, 64, start=n, shapes=shapes)
+    return TensorDataset(torch.cat([x32, x64]), torch.cat([y32, y64]))
+
+
 @torch.no_grad()
 def judge_accuracy(judge: ShapesJudge, images: torch.Tensor, labels: torch.Tensor) -> dict:
     """Per-attribute accuracy and the all-attributes-correct rate of ``judge`` on labelled pictures."""
@@ -84,10 +91,7 @@ def shapes_judge(fast: bool = False, device: str = "auto") -> dict:
     floor at both sizes.
     """
     torch.manual_seed(0)
-    n = 2000 if fast else 40_000
-    x32, y32 = judge_renders(n, JUDGE_SEED, 32)
-    x64, y64 = judge_renders(n, JUDGE_SEED, 64, start=n)
-    data = TensorDataset(torch.cat([x32, x64]), torch.cat([y32, y64]))
+    data = judge_training_set(2000 if fast else 40_000)
     model = ShapesJudge(ShapesJudgeConfig())
     config = recipe_config("shapes_judge", fast, device, steps=3000, fast_steps=30, batch_size=256, lr=2e-3,
                            weight_decay=0.05, warmup_steps=200, ema_decay=0.999)
@@ -135,9 +139,7 @@ def shapes_judge_plus(fast: bool = False, device: str = "auto") -> dict:
     alone, and on the shapes judge's own test renders (the three old shapes), which it must still read."""
     torch.manual_seed(0)
     n = 2000 if fast else 20_000
-    x32, y32 = judge_renders(n, JUDGE_SEED, 32, shapes=ALL_SHAPES)
-    x64, y64 = judge_renders(n, JUDGE_SEED, 64, start=n, shapes=ALL_SHAPES)
-    data = TensorDataset(torch.cat([x32, x64]), torch.cat([y32, y64]))
+    data = judge_training_set(n, shapes=ALL_SHAPES)
     model = grown_judge(load_pretrained("shapes_judge"), len(ALL_SHAPES))
     config = recipe_config("shapes_judge_plus", fast, device, steps=1500, fast_steps=30, batch_size=256, lr=1e-3,
                            weight_decay=0.05, warmup_steps=100, ema_decay=0.999)
