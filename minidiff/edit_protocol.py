@@ -27,7 +27,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from minidiff.datasets.shapes import ATTRIBUTES, TEST_SEED, ShapesDataset, attribute_labels, eval_caption, is_held_out
+from minidiff.datasets.shapes import (
+    ATTRIBUTES,
+    TEST_SEED,
+    ShapesDataset,
+    attribute_labels,
+    eval_caption,
+    is_held_out,
+    mask_outline,
+)
 from minidiff.metrics import evaluate_shapes, judge_read
 
 HOLE_MARGIN = 3 / 32  # of the picture's side: the box reaches this far beyond the object's bounding square
@@ -173,10 +181,8 @@ def control_task(n: int, kind: str, seed: int = TEST_SEED, size: int = 64, compo
 
 def outline(masks: torch.Tensor) -> torch.Tensor:
     """The 1-pixel boundary of binary masks (N, 1, H, W): mask pixels with a 4-neighbour outside it
-    (outside the picture counts as outside) — the shapes' own ``edge`` condition, recomputed."""
-    m = F.pad(masks.bool(), (1, 1, 1, 1))
-    inner = m[..., 1:-1, 1:-1] & m[..., :-2, 1:-1] & m[..., 2:, 1:-1] & m[..., 1:-1, :-2] & m[..., 1:-1, 2:]
-    return (m[..., 1:-1, 1:-1] & ~inner).float()
+    (outside the picture counts as outside) — the shapes' own ``edge`` condition, by the renderer's code."""
+    return torch.from_numpy(mask_outline(masks[:, 0].bool().cpu().numpy()))[:, None].float()
 
 
 def edge_f1(masks: torch.Tensor, edges: torch.Tensor, tolerance: int = 1) -> torch.Tensor:

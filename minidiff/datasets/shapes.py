@@ -333,7 +333,7 @@ def _count_inside(attributes: list[dict], size: int, offsets: np.ndarray) -> np.
     return counts
 
 
-def _outline(masks: np.ndarray) -> np.ndarray:
+def mask_outline(masks: np.ndarray) -> np.ndarray:
     """The mask's boundary: mask pixels with at least one of their 4 neighbours outside the mask.
 
     This is "mask minus eroded mask" and gives a closed outline one pixel wide.
@@ -380,7 +380,7 @@ def shape_conditions(attributes: list[dict], size: int) -> tuple[np.ndarray, np.
     area, and every pixel inside the outline is fully covered), the edge 255 on its 1-pixel outline."""
     masks = np.concatenate([_count_inside(attributes[j:j + 1024], size, _CENTER)
                             for j in range(0, len(attributes), 1024)])
-    return masks, _outline(masks).astype(np.uint8) * 255
+    return masks, mask_outline(masks).astype(np.uint8) * 255
 
 
 def make_shapes(n: int, seed: int = 0, size: int = 32, start: int = 0, compositions: str = "all",
