@@ -230,3 +230,50 @@ def test_merges_agree_with_a_naive_reference(tokenizer):
 def test_training_agrees_with_a_naive_recount():
     corpus = abc_words(300, seed=2) + list(captions(100))
     assert train_bpe(corpus, 400).merges == naive_train(corpus, 400)
+
+
+# --------------------------------------------------------------------------------------------- new words
+def test_a_new_word_is_one_token_after_the_special_ones_and_every_other_text_encodes_as_before(tokenizer):
+    taught = tokenizer.with_words(["heart", "心形"])
+    heart, xinxing = tokenizer.pad_id + 1, tokenizer.pad_id + 2
+    assert taught.vocab_size == tokenizer.vocab_size + 2 and taught.word_ids == {"heart": heart, "心形": xinxing}
+    assert (taught.start_id, taught.end_id, taught.pad_id) == (tokenizer.start_id, tokenizer.end_id, tokenizer.pad_id)
+    assert len(tokenizer.encode("a red heart")) > 3  # spelled from pieces before
+    assert taught.encode("A red HEART, top left") == tokenizer.encode("a red") + [heart] + tokenizer.encode(", top left")
+    assert taught.encode("红色心形，左上角") == tokenizer.encode("红色") + [xinxing] + tokenizer.encode("，左上角")
+    for text in TEXTS:
+        assert taught.encode(text) == tokenizer.encode(text)
+    assert taught.piece(heart) == "heart" and taught(["a heart"], 6)[0].tolist() == [
+        taught.start_id, *tokenizer.encode("a"), heart, taught.end_id, taught.pad_id, taught.pad_id]
+
+
+@pytest.mark.parametrize("text", ["heart of hearts", "sweetheart heart", "heartheart", "a heart!", "hearts: heart",
+                                  "红色心形", "心形心形在左上角", "a red heart on a blue background, top left"])
+def test_a_new_word_is_matched_whole_and_the_round_trip_still_holds(tokenizer, text):
+    taught = tokenizer.with_words(["heart", "心形"])
+    ids = taught.encode(text)
+    assert taught.decode(ids) == normalize(text)
+    whole = [w for w in normalize(text).replace(":", " ").replace("!", " ").split() if w == "heart"]
+    assert ids.count(taught.word_ids["heart"]) == len(whole)
+    assert ids.count(taught.word_ids["心形"]) == text.count("心形")
+
+
+def test_a_new_word_reads_back_with_a_space_before_it_unless_first_or_after_chinese(tokenizer):
+    taught = tokenizer.with_words(["heart"])  # its token stands for " heart" as " circle"'s does
+    assert taught.decode(taught.encode("heart,heart")) == "heart, heart"
+    assert taught.decode(taught.encode("红色heart")) == "红色heart"
+
+
+def test_new_words_survive_saving_and_bad_words_are_refused(tokenizer, tmp_path):
+    taught = tokenizer.with_words(["Heart"]).with_words(["spiral"])
+    assert taught.words == ("heart", "spiral")
+    loaded = Tokenizer.load(taught.save(tmp_path / "t.json"))
+    assert loaded.words == taught.words and loaded.encode("a spiral heart") == taught.encode("a spiral heart")
+    for bad in ["two words", "h3art", "", "heart!"]:
+        with pytest.raises(ValueError, match="one word of letters"):
+            tokenizer.with_words([bad])
+    with pytest.raises(ValueError, match="repeat"):
+        taught.with_words(["heart"])
+    (tmp_path / "bad.json").write_text(json.dumps({**taught.to_json(), "words": ["a b"]}))
+    with pytest.raises(DataError, match='"words"'):
+        Tokenizer.load(tmp_path / "bad.json")

@@ -25,6 +25,12 @@ transformer's state at the end token as the prompt's summary (its attention is c
 end token has seen every word). Ours is the same mechanism, smaller: procedural captions ("a large
 red circle on a blue background, top left") use a few hundred words in a few wordings, so about a
 thousand tokens make every common word a single token, and a short context holds every caption.
+
+**New words** (chapter 12). A word the corpus never held is spelled from pieces ("heart" → " ", "he",
+"ar", "t") that mean nothing to the text encoder. Teaching a model a new concept starts by giving its
+word a token of its own (``with_words``): each new word gets an id after the special tokens, and the
+text encoder a new row in its embedding table for it — the row textual inversion (Gal et al., 2022)
+learns. A new word is matched whole (not inside a longer word), with the space before it, as " circle" is.
 """
 import json
 import re
@@ -83,7 +89,7 @@ class Tokenizer:
     """A learned byte-level BPE. Ids 0–255 are the bytes, 256… the merges in the order they were
     learned (merge r makes token 256 + r), and the last three are ``start_id``, ``end_id``, ``pad_id``."""
 
-    def __init__(self, merges):
+    def __init__(self, merges, words=()):
         self.merges = [tuple(pair) for pair in merges]
         self.ranks = {pair: rank for rank, pair in enumerate(self.merges)}  # pair → when it was learned
         self.token_bytes = [bytes([value]) for value in range(256)]
@@ -91,20 +97,39 @@ class Tokenizer:
             self.token_bytes.append(self.token_bytes[left] + self.token_bytes[right])
         self.start_id, self.end_id, self.pad_id = range(len(self.token_bytes), len(self.token_bytes) + 3)
         self._word_ids = {}  # pre-token → its ids: captions repeat their words
+        self.words = tuple(_new_word(word) for word in words)
+        if len(set(self.words)) != len(self.words):
+            raise ValueError(f"the new words {', '.join(self.words)} repeat one")
+        self.word_ids = {word: self.pad_id + 1 + k for k, word in enumerate(self.words)}
+        self._words = _words_pattern(self.words)
+
+    def with_words(self, words) -> "Tokenizer":
+        """This tokenizer with a token of its own for each of ``words`` (ids after ``<pad>``, in order),
+        on top of any it had: every other text encodes as before."""
+        return Tokenizer(self.merges, (*self.words, *words))
 
     @property
     def vocab_size(self) -> int:
-        """The rows the text encoder's embedding table needs: bytes, merges and special tokens."""
-        return len(self.token_bytes) + len(SPECIAL_TOKENS)
+        """The rows the text encoder's embedding table needs: bytes, merges, special tokens, new words."""
+        return len(self.token_bytes) + len(SPECIAL_TOKENS) + len(self.words)
 
     def __repr__(self):
+        words = f", new words {', '.join(self.words)}" if self.words else ""
         return (f"Tokenizer(vocab_size={self.vocab_size}: 256 bytes, {len(self.merges)} merges, "
-                f"special tokens {', '.join(SPECIAL_TOKENS)})")
+                f"special tokens {', '.join(SPECIAL_TOKENS)}{words})")
 
     def encode(self, text: str) -> list[int]:
         """The token ids of ``normalize(text)``, without special tokens. Never fails: every character
-        is made of bytes, and every byte is a token. "<start>" typed in a prompt is just text."""
-        return [i for word in pretokenize(normalize(text)) for i in self._encode_word(word)]
+        is made of bytes, and every byte is a token. "<start>" typed in a prompt is just text. A new
+        word (``with_words``) is one token, the space before it included."""
+        text, ids = normalize(text), []
+        parts = self._words.split(text) if self._words else [text]
+        for k, part in enumerate(parts):  # split keeps the matched words at the odd places
+            if k % 2:
+                ids.append(self.word_ids[part.lstrip(" ")])
+            else:
+                ids += [i for word in pretokenize(part) for i in self._encode_word(word)]
+        return ids
 
     def _encode_word(self, word: str) -> list[int]:
         """Replay the merges on one pre-token: merge the adjacent pair that was learned first (lowest
@@ -122,14 +147,23 @@ class Tokenizer:
 
     def decode(self, ids) -> str:
         """The text of ``ids`` (a list or a tensor row), special tokens dropped. Bytes that do not form
-        a whole UTF-8 character (a prompt cut mid-character) read as "�"."""
-        data = b"".join(self.token_bytes[i] for i in map(int, ids) if self._check(i) < self.start_id)
+        a whole UTF-8 character (a prompt cut mid-character) read as "�". A new word reads with a space
+        before it, unless it comes first or is Chinese ("heart,heart" comes back as "heart, heart")."""
+        data = b""
+        for i in map(int, ids):
+            if self._check(i) < self.start_id:
+                data += self.token_bytes[i]
+            elif i > self.pad_id:  # a new word: after a space, unless first, Chinese or after Chinese
+                word, last = self.words[i - self.pad_id - 1], data[-4:].decode("utf-8", errors="ignore")[-1:]
+                data += (word if not last or _HAN_START.match(word) or _HAN_START.match(last) else " " + word).encode()
         return data.decode("utf-8", errors="replace")
 
     def piece(self, token_id: int) -> str:
         """How one token reads: its text, a special token's name, or ``\\xe8``-style escapes for bytes
         that are only part of a character."""
-        if self._check(token_id) >= self.start_id:
+        if self._check(token_id) > self.pad_id:
+            return self.words[token_id - self.pad_id - 1]
+        if token_id >= self.start_id:
             return SPECIAL_TOKENS[token_id - self.start_id]
         return self.token_bytes[token_id].decode("utf-8", errors="backslashreplace")
 
@@ -175,8 +209,9 @@ class Tokenizer:
         return (ids == self.end_id).int().argmax(dim=-1)
 
     def to_json(self) -> dict:
+        words = {"words": list(self.words)} if self.words else {}
         return {"format": FORMAT, "special_tokens": list(SPECIAL_TOKENS),
-                "merges": [list(pair) for pair in self.merges]}
+                "merges": [list(pair) for pair in self.merges], **words}
 
     @classmethod
     def from_json(cls, obj, source: str = "this JSON") -> "Tokenizer":
@@ -185,7 +220,7 @@ class Tokenizer:
         if problem:
             raise DataError(f"{source} is not a minidiff tokenizer file: {problem}; train one with "
                             "train_bpe() and write it with Tokenizer.save().")
-        return cls(obj["merges"])
+        return cls(obj["merges"], obj.get("words", ()))
 
     def save(self, path) -> Path:
         """Write the merges and special tokens as a small JSON file, atomically."""
@@ -216,7 +251,37 @@ def _problem(obj) -> str | None:
         if not (isinstance(pair, list) and len(pair) == 2
                 and all(type(i) is int and 0 <= i < 256 + rank for i in pair)):
             return f"merge {rank} is {json.dumps(pair)}, not two ids of tokens made before it (0 to {255 + rank})"
+    words = obj.get("words", [])
+    if not isinstance(words, list) or any(not isinstance(w, str) or _new_word(w, check=False) is None for w in words):
+        return '"words" should be a list of new words, each one word of letters'
     return None
+
+
+_HAN_START = re.compile(rf"[{HAN}]")
+_LATIN = rf"(?![{HAN}])[^\W\d_]"  # a letter that is not a Chinese character
+_WORD = re.compile(rf"(?:[{HAN}]|(?![{HAN}])[^\W\d_])+")
+
+
+def _new_word(word, check: bool = True) -> str | None:
+    """``word`` normalized, if it is one word of letters (Latin, Chinese, …: no spaces, digits or
+    punctuation); else a ValueError (None with ``check=False``)."""
+    word = normalize(word) if isinstance(word, str) else ""
+    if _WORD.fullmatch(word):
+        return word
+    if check:
+        raise ValueError(f"a new word is one word of letters, without spaces, digits or punctuation: not {word!r}")
+    return None
+
+
+def _words_pattern(words) -> re.Pattern | None:
+    """Matches any of ``words`` whole, with the space before it: not inside a longer word of letters
+    (a Chinese word may stand anywhere, as Chinese writes no spaces). Longest first, so one new word
+    may contain another."""
+    if not words:
+        return None
+    alternatives = [re.escape(w) if _HAN_START.match(w) else rf"(?<!{_LATIN}){re.escape(w)}(?!{_LATIN})"
+                    for w in sorted(words, key=len, reverse=True)]
+    return re.compile("( ?(?:" + "|".join(alternatives) + "))")
 
 
 def train_bpe(texts, vocab_size: int) -> Tokenizer:
