@@ -9,9 +9,10 @@ from minidiff.concept_protocol import (
     base_prompts,
     concept_pictures,
     concept_scores,
+    outline_read,
     recontext_prompts,
 )
-from minidiff.datasets.shapes import POSITIONS, SHAPES, TEST_SEED, ShapesDataset
+from minidiff.datasets.shapes import ALL_SHAPES, POSITIONS, SHAPES, TEST_SEED, ShapesDataset, shape_conditions
 from minidiff.text2image import load_text_to_image, text_to_image
 
 
@@ -51,6 +52,29 @@ def test_the_concept_judge_reads_real_pictures_as_asked_and_a_wrong_shape_as_wro
     assert scores["shape"] == 0.0 and scores["accuracy"]["color"] == 1.0 and scores["shapes_read"]["circle"] == 40
     with pytest.raises(ValueError, match="got 40 pictures but 39"):
         concept_scores(circles.images, as_stars[:39])
+
+
+def test_the_outline_reads_every_real_render_right_at_64_pixels():
+    size = 64
+    for k, shape in enumerate(ALL_SHAPES):
+        renders = ShapesDataset(100, seed=TEST_SEED, size=size, shapes=(shape,))
+        read, ious = outline_read(renders.images)
+        assert (read == k).all(), f"{shape} at {size} px"
+        assert ious.shape == (100, len(ALL_SHAPES)) and (ious[:, k] > 0.7).all()
+
+
+def test_a_rounded_blob_is_no_heart_to_the_outline_but_may_be_to_the_judge():
+    """A superellipse between a circle and a square — the blob a model draws for a word it cannot read."""
+    y, x = torch.meshgrid(torch.arange(64.0), torch.arange(64.0), indexing="ij")
+    blob = ((x - 32.5).abs() / 11) ** 3 + ((y - 30.5).abs() / 11) ** 3 <= 1
+    pictures = torch.where(blob, torch.tensor([1.0, -1, -1])[:, None, None], torch.ones(3, 1, 1))[None]
+    assert ALL_SHAPES[outline_read(pictures)[0].item()] in ("circle", "square")
+    heart = dict(shape="heart", color="red", background="white", size="large", position="center")
+    scores = concept_scores(pictures, [heart])
+    assert scores["outline_shape"] == 0.0 and scores["shape"] == 0.0 and scores["accuracy"]["color"] == 1.0
+    drawn = torch.from_numpy(shape_conditions([{"shape": "heart", "center": (32.0, 30.0), "radius": 11.0}], 64)[0])
+    pictures = torch.where(drawn.bool()[:, None], torch.tensor([1.0, -1, -1])[:, None, None], torch.ones(3, 1, 1))
+    assert concept_scores(pictures, [heart])["shape"] == 1.0
 
 
 @pytest.mark.slow
