@@ -43,12 +43,15 @@ class PromptEncoder:
         ids = self.tokenizer(prompts, self.clip.config.context_length)
         return ids[:, :int((ids != self.tokenizer.pad_id).sum(1).max())]
 
-    @torch.no_grad()
     def states(self, ids: torch.Tensor) -> dict:
+        """The text condition of token ids. Without gradients, unless part of the text encoder trains
+        (a new word's embedding: chapter 12's textual inversion)."""
         device = next(self.clip.parameters()).device
         if device != ids.device:
             self.clip.to(ids.device)
-        context, mask = self.clip.text_states(ids)
+        learns = torch.is_grad_enabled() and any(p.requires_grad for p in self.clip.parameters())
+        with torch.set_grad_enabled(learns):
+            context, mask = self.clip.text_states(ids)
         return {"context": context, "context_mask": mask}
 
     def __call__(self, prompts) -> dict:

@@ -1,0 +1,178 @@
+"""Fine-tuning (chapter 12): teach a text-to-image model a new word from a few pictures of it.
+
+**A word first.** The base model cannot even read a word it never saw: its tokenizer spells it from
+pieces ("heart" → " ", "he", "ar", "t") that its text encoder was trained to pass over. So teaching
+starts by giving the word a token of its own (``Tokenizer.with_words``) and the text encoder a new row
+in its embedding table, started at the mean of the rows of the words it is most like (``like``: for
+a new shape, the shape words). Started there, the word reads as "some shape" to everything after it,
+so the colour and place words around it keep their meaning from the first step.
+
+**Three ways to teach it** (``FinetuneConfig.method``), all through the one trainer, all learning the
+word's row too:
+
+* ``"word"`` — textual inversion (Gal et al., 2022): only the row learns. The U-Net is the base,
+  bit for bit: nothing it knew can be lost, and nothing it cannot already draw can be learned.
+* ``"lora"`` — LoRA (Hu et al., 2021): rank-r adapters on the U-Net's attention projections
+  (``minidiff.models.lora``), the base frozen; the adapter (A's, B's and the row) is a small file.
+* ``"full"`` — every weight of the U-Net.
+
+**Prior preservation** (DreamBooth; Ruiz et al., 2022). A few pictures, many steps: the model learns
+them, and forgets the rest — a circle comes out as the new shape. DreamBooth's remedy replays what
+the model knew: pictures the *base* model drew for prompts of its own (``prior``) join the training
+set, and the loss becomes
+
+    L = E ‖ε − ε_θ(x_t, t, c)‖² (the new pictures) + λ · E ‖ε − ε_θ(x'_t, t, c')‖² (the base's own),
+
+with λ = 1 here: the new pictures are repeated until they are as many as the prior ones, so a batch
+is about half of each.
+
+**Step sizes.** One optimizer trains everything at ``lr``; the word's row is stored as
+``start + g · δ`` with g = word_lr / lr. Adam moves each parameter by about lr a step whatever the
+size of its gradient, so δ moves by lr and the row by about ``word_lr``: a word learns at its own pace
+(textual inversion's 5e-3) beside a U-Net that must move slowly (1e-4 for every weight).
+"""
+import copy
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from minidiff.course.recipes.clip import CaptionedPictures
+from minidiff.course.recipes.text2image import text_diffusion_loss
+from minidiff.latents import encode_latents
+from minidiff.models.lora import add_lora, lora_state_dict
+from minidiff.text2image import PromptEncoder
+from minidiff.train import TrainConfig, train
+
+METHODS = ("word", "lora", "full")
+LIKE_SHAPES = ("circle", "square", "triangle")  # where a new shape's word starts
+
+
+@dataclass
+class FinetuneConfig:
+    method: str = "lora"               # "word" (textual inversion), "lora" or "full"
+    rank: int = 4                      # LoRA's r
+    steps: int = 800
+    lr: float | None = None            # None: 1e-3 for LoRA's adapters, 1e-4 for every weight
+    word_lr: float = 5e-3              # the new words' rows (textual inversion's step size)
+    batch_size: int = 16
+    caption_dropout: float = 0.1       # as the base trained: guidance needs the empty prompt too
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"the method is one of {', '.join(METHODS)}, not {self.method!r}")
+        for name in ("steps", "batch_size"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be a whole number ≥ 1, got {getattr(self, name)!r}")
+
+    @property
+    def step_size(self) -> float:
+        """The optimizer's lr: the given one, else the method's (textual inversion: the word's)."""
+        return self.lr or {"word": self.word_lr, "lora": 1e-3, "full": 1e-4}[self.method]
+
+
+class NewWords(nn.Module):
+    """A text encoder's token-embedding table with rows for new words: the old rows frozen, the new
+    ones ``start + gain · delta`` with ``delta`` learned (zero at first: the rows start at ``start``)."""
+
+    def __init__(self, table: torch.Tensor, start: torch.Tensor, gain: float = 1.0):
+        super().__init__()
+        self.register_buffer("table", table.detach().clone())
+        self.register_buffer("start", start.detach().clone())
+        self.delta = nn.Parameter(torch.zeros_like(self.start))
+        self.gain = float(gain)
+
+    def rows(self) -> torch.Tensor:
+        """The new words' embeddings (words, width)."""
+        return self.start + self.gain * self.delta
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return F.embedding(ids, torch.cat([self.table, self.rows()]))
+
+
+def add_words(encoder: PromptEncoder, words, like=LIKE_SHAPES, rows: torch.Tensor | None = None) -> PromptEncoder:
+    """A new ``PromptEncoder`` that reads ``words`` each as one token: its tokenizer ``with_words``, its
+    CLIP a copy whose embedding table (``NewWords``) has their rows — ``rows`` if given (a trained
+    adapter's), else each the mean embedding of the tokens of ``like``. The given encoder is unchanged."""
+    tokenizer = encoder.tokenizer.with_words(words)
+    clip = copy.deepcopy(encoder.clip)
+    table = clip.token_embedding.weight
+    if rows is None:
+        liked = [i for word in like for i in in_sentence(encoder.tokenizer, word)]
+        rows = table[liked].mean(0).expand(len(tokenizer.words) - len(encoder.tokenizer.words), -1)
+    clip.token_embedding = NewWords(table, rows)
+    clip.config = dataclasses.replace(clip.config, vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id,
+                                      end_id=tokenizer.end_id)
+    return PromptEncoder(clip, tokenizer)
+
+
+def in_sentence(tokenizer, word: str) -> list[int]:
+    """The tokens of ``word`` as it reads inside a sentence, after a space (" circle" is one token)."""
+    return tokenizer.encode("a " + word)[len(tokenizer.encode("a")):]
+
+
+class Learner(nn.Module):
+    """What one fine-tuning run trains: the U-Net (its adapters, or all of it) and the new words' rows."""
+
+    def __init__(self, unet: nn.Module, words: NewWords):
+        super().__init__()
+        self.unet, self.words = unet, words
+
+
+def training_set(encoder: PromptEncoder, decode, pictures: torch.Tensor, captions: list,
+                 prior: tuple | None = None) -> CaptionedPictures:
+    """The pictures (N, 3, H, W) in [-1, 1] as latents, each with its captions (a list of the same
+    number of wordings per picture), joined by the ``prior`` pictures and captions repeated so both
+    weigh the same (λ = 1)."""
+    wordings = {len(c) for c in captions + (list(prior[1]) if prior else [])}
+    if len(wordings) != 1:
+        raise ValueError("every picture needs the same number of captions")
+    latents = encode_latents(decode.vae, pictures)
+    texts = dict(enumerate(captions))
+    groups = torch.arange(len(latents))
+    if prior is not None:
+        prior_latents = encode_latents(decode.vae, prior[0])
+        repeat = max(1, round(len(prior_latents) / len(latents)))
+        latents, groups = torch.cat([latents.repeat(repeat, 1, 1, 1), prior_latents]), torch.cat(
+            [groups.repeat(repeat), len(captions) + torch.arange(len(prior_latents))])
+        texts.update({len(captions) + k: c for k, c in enumerate(prior[1])})
+    return CaptionedPictures(latents, groups, texts, encoder.tokenizer, encoder.clip.config.context_length)
+
+
+def prepare(model: nn.Module, encoder: PromptEncoder, config: FinetuneConfig) -> Learner:
+    """The model to train: the base's U-Net (a copy) with LoRA adapters, all trainable, or frozen, and the
+    encoder's new words' rows with their own step size (see the module's docstring)."""
+    unet = copy.deepcopy(model).train()
+    if config.method == "lora":
+        add_lora(unet, config.rank)
+    else:
+        unet.requires_grad_(config.method == "full")
+    words = encoder.clip.token_embedding
+    if not isinstance(words, NewWords):
+        raise ValueError("teach the encoder its new words first (add_words)")
+    words.gain = config.word_lr / config.step_size
+    words.delta.requires_grad_(True)
+    return Learner(unet, words)
+
+
+def finetune(model: nn.Module, encoder: PromptEncoder, data: CaptionedPictures, config: FinetuneConfig,
+             callbacks=(), progress: bool = True):
+    """Teach ``model`` (a text-to-image U-Net) what ``data`` shows (``training_set``), reading prompts
+    with ``encoder`` (``add_words``). Returns the trainer's result; ``result.model`` is the ``Learner``."""
+    learner = prepare(model, encoder, config)
+    train_config = TrainConfig(steps=config.steps, batch_size=min(config.batch_size, len(data)),
+                               lr=config.step_size, warmup_steps=min(20, config.steps // 10), min_lr_ratio=1.0,
+                               ema_decay=None, seed=config.seed, log_every=max(1, config.steps // 20),
+                               progress=progress)
+    return train(learner, lambda m, b: text_diffusion_loss(m.unet, b, encoder, caption_dropout=config.caption_dropout),
+                 data, train_config, callbacks=callbacks)
+
+
+def adapter_state(learner: Learner, method: str) -> dict:
+    """What a run ships: the adapters (LoRA), every U-Net weight (full), or nothing of the U-Net (word),
+    and the new words' rows."""
+    unet = {"word": {}, "lora": lora_state_dict(learner.unet), "full": learner.unet.state_dict()}[method]
+    return {**{f"unet.{k}": v for k, v in unet.items()}, "words.rows": learner.words.rows().detach()}

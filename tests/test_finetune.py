@@ -1,0 +1,105 @@
+"""Fine-tuning (chapter 12): a new word reads as one token without changing any other prompt, each method
+trains exactly what it says, the word's row moves at its own step size, and prior pictures weigh as much
+as the new ones."""
+import pytest
+import torch
+
+from minidiff.concept_protocol import base_prompts, concept_pictures
+from minidiff.course.recipes.finetune import (
+    FinetuneConfig,
+    NewWords,
+    adapter_state,
+    add_words,
+    finetune,
+    in_sentence,
+    prepare,
+    training_set,
+)
+from minidiff.datasets.shapes import all_captions
+from minidiff.models.lora import LoRALinear
+from minidiff.text2image import load_text_to_image
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return load_text_to_image("t2i_shapes")
+
+
+@pytest.fixture(scope="module")
+def taught(shipped):
+    return add_words(shipped[2], ["heart"])
+
+
+@pytest.fixture(scope="module")
+def hearts():
+    shown = concept_pictures(4, shape="heart")
+    return shown["images"], [all_captions(a, languages=("en",)) for a in shown["attributes"]]
+
+
+def test_a_new_word_is_one_token_and_every_other_prompt_reads_exactly_as_before(shipped, taught):
+    encoder = shipped[2]
+    prompts = ["a large red circle on a white background, top left", "蓝色背景上的一个小绿色三角形，右下角"]
+    before, after = encoder(prompts), taught(prompts)
+    assert torch.equal(before["context"], after["context"]) and torch.equal(before["context_mask"], after["context_mask"])
+    heart = taught.tokenizer.word_ids["heart"]
+    assert taught.ids(["a red heart"])[0].tolist() == encoder.ids(["a red"])[0, :-1].tolist() + [heart, taught.tokenizer.end_id]
+    assert encoder.ids(["a red heart"]).shape[1] == 8  # before: spelled " ", "he", "ar", "t"
+    assert encoder.tokenizer.words == () and encoder.clip.token_embedding.weight.shape[0] == encoder.tokenizer.vocab_size
+    table = encoder.clip.token_embedding.weight
+    shapes = [i for w in ("circle", "square", "triangle") for i in in_sentence(encoder.tokenizer, w)]
+    assert len(shapes) == 3 and torch.allclose(taught.clip.token_embedding.rows()[0], table[shapes].mean(0))
+
+
+def test_the_word_row_moves_at_its_own_step_size(shipped, taught):
+    for method, lr in [("lora", 1e-3), ("full", 1e-4), ("word", 5e-3)]:
+        config = FinetuneConfig(method=method, word_lr=5e-3)
+        assert config.step_size == lr
+        learner = prepare(shipped[0], add_words(shipped[2], ["heart"]), config)
+        optimizer = torch.optim.AdamW([p for p in learner.parameters() if p.requires_grad], lr=lr, weight_decay=0)
+        learner.words.delta.grad = torch.randn_like(learner.words.delta)
+        start = learner.words.rows().detach().clone()
+        optimizer.step()  # Adam's first step moves each parameter by lr · sign(gradient)
+        assert torch.allclose((learner.words.rows().detach() - start).abs(), torch.full_like(start, 5e-3), rtol=1e-3)
+
+
+@pytest.mark.parametrize("method", ["word", "lora", "full"])
+def test_each_method_trains_what_it_says_and_ships_only_that(shipped, hearts, method):
+    model, decode, encoder = shipped
+    encoder = add_words(encoder, ["heart"])
+    data = training_set(encoder, decode, *hearts)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = finetune(model, encoder, data, FinetuneConfig(method=method, steps=3, batch_size=4), progress=False)
+    learner = result.model
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # the base is never touched
+    assert not torch.equal(learner.words.rows(), learner.words.start)
+    changed = {k for k, v in learner.unet.state_dict().items() if k in before and not torch.equal(v, before[k])}
+    lora = [m for m in learner.unet.modules() if isinstance(m, LoRALinear)]
+    state = adapter_state(learner, method)
+    assert state["words.rows"].shape == (1, encoder.width)
+    if method == "word":
+        assert not changed and not lora and set(state) == {"words.rows"}
+    elif method == "lora":
+        assert not changed and lora and all(m.B.abs().sum() > 0 for m in lora)
+        assert set(state) == {"words.rows"} | {f"unet.{k}" for k in learner.unet.state_dict() if k.endswith((".A", ".B"))}
+    else:
+        assert changed and not lora and len(state) == len(model.state_dict()) + 1
+
+
+def test_the_prior_pictures_weigh_as_much_as_the_new_ones(shipped, taught, hearts):
+    pictures, captions = hearts
+    prompts, attributes = base_prompts(12)
+    prior = (torch.zeros(12, 3, 64, 64), [all_captions(a, languages=("en",)) for a in attributes])
+    data = training_set(taught, shipped[1], pictures, captions, prior)
+    assert len(data.images) == 24 and (data.groups < 4).sum() == 12 and (data.groups >= 4).sum() == 12
+    with pytest.raises(ValueError, match="same number of captions"):
+        training_set(taught, shipped[1], pictures, [c[:2] for c in captions], prior)
+
+
+def test_bad_settings_are_one_clear_line(shipped):
+    with pytest.raises(ValueError, match="word, lora, full"):
+        FinetuneConfig(method="dreambooth")
+    with pytest.raises(ValueError, match="steps must be"):
+        FinetuneConfig(steps=0)
+    with pytest.raises(ValueError, match="add_words"):
+        prepare(shipped[0], shipped[2], FinetuneConfig())
+    assert isinstance(add_words(shipped[2], ["heart"]).clip.token_embedding, NewWords)
