@@ -41,17 +41,17 @@ def test_recontextualisation_prompts_put_the_concept_where_it_was_never_shown():
         assert a["color"] not in SHOWN["color"] and a["background"] not in SHOWN["background"]
     assert {a["size"] for a in asked} == {"small", "large"}
     assert {a["position"] for a in asked} == set(POSITIONS)
-    assert recontext_prompts(24, language="zh")[1] == asked and "五角星" in recontext_prompts(1, language="zh")[0][0]
+    assert recontext_prompts(24, language="zh")[1] == asked and "心形" in recontext_prompts(1, language="zh")[0][0]
 
 
 def test_the_concept_judge_reads_real_pictures_as_asked_and_a_wrong_shape_as_wrong(shown):
     assert concept_scores(shown["images"], shown["attributes"])["all_correct"] == 1.0
     circles = ShapesDataset(40, seed=TEST_SEED, size=64, shapes=("circle",))
-    as_stars = [dict(a, shape=CONCEPT) for a in circles.attributes]
-    scores = concept_scores(circles.images, as_stars)
+    as_concept = [dict(a, shape=CONCEPT) for a in circles.attributes]
+    scores = concept_scores(circles.images, as_concept)
     assert scores["shape"] == 0.0 and scores["accuracy"]["color"] == 1.0 and scores["shapes_read"]["circle"] == 40
     with pytest.raises(ValueError, match="got 40 pictures but 39"):
-        concept_scores(circles.images, as_stars[:39])
+        concept_scores(circles.images, as_concept[:39])
 
 
 def test_the_outline_reads_every_real_render_right_at_64_pixels():
@@ -79,13 +79,14 @@ def test_a_rounded_blob_is_no_heart_to_the_outline_but_may_be_to_the_judge():
 
 @pytest.mark.slow
 def test_the_base_model_cannot_draw_the_concept_but_draws_its_own_shapes():
-    """Measured (t2i_shapes, guidance 3, DPM-Solver++(2M) × 20, 4 seeds of the 24 prompts): a star in 5 % of
-    96 pictures in English (circles, squares and blobs the judge calls hearts instead), 2 % in Chinese; its
-    own prompts all five right in 100 % of 200."""
+    """Measured (t2i_shapes, guidance 3, DPM-Solver++(2M) × 20, 4 seeds of the 24 prompts): a heart in 0 % of
+    96 pictures in English and in Chinese, by both readers (the judge alone calls 15 % and 11 % of them hearts:
+    rounded blobs). The word's unknown pieces cost the colour words too: the colour is right in 46 % of the
+    English pictures, 99 % of the Chinese ones. Its own prompts: all five right in 99.5 % of 200."""
     model, decode, encoder = load_text_to_image("t2i_shapes")
     draw = dict(decode=decode, guidance_scale=3.0, sampler="dpmpp_2m", num_inference_steps=20, seed=0, progress=False)
     prompts, asked = recontext_prompts(24)
-    assert concept_scores(text_to_image(model, encoder, prompts * 4, **draw), asked * 4)["shape"] <= 0.15
+    assert concept_scores(text_to_image(model, encoder, prompts * 4, **draw), asked * 4)["shape"] <= 0.05
     prompts, asked = base_prompts(200)
     scores = concept_scores(text_to_image(model, encoder, prompts, **draw), asked)
     assert scores["all_correct"] >= 0.98 and scores["shapes_read"].keys() >= set(SHAPES)
