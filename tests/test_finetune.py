@@ -12,9 +12,13 @@ from minidiff.course.recipes.finetune import (
     add_words,
     finetune,
     in_sentence,
+    load_adapter,
     prepare,
+    read_adapter,
+    save_adapter,
     training_set,
 )
+from minidiff.files import DataError, save_safetensors_atomic
 from minidiff.datasets.shapes import all_captions
 from minidiff.models.lora import LoRALinear
 from minidiff.text2image import load_text_to_image
@@ -56,7 +60,7 @@ def test_the_word_row_moves_at_its_own_step_size(shipped, taught):
         assert config.step_size == lr
         learner = prepare(shipped[0], add_words(shipped[2], ["heart"]), config)
         optimizer = torch.optim.AdamW([p for p in learner.parameters() if p.requires_grad], lr=lr, weight_decay=0)
-        learner.words.delta.grad = torch.randn_like(learner.words.delta)
+        learner.words.delta.grad = torch.randn_like(learner.words.delta).sign()  # far above Adam's eps
         start = learner.words.rows().detach().clone()
         optimizer.step()  # Adam's first step moves each parameter by lr · sign(gradient)
         assert torch.allclose((learner.words.rows().detach() - start).abs(), torch.full_like(start, 5e-3), rtol=1e-3)
@@ -103,3 +107,44 @@ def test_bad_settings_are_one_clear_line(shipped):
     with pytest.raises(ValueError, match="add_words"):
         prepare(shipped[0], shipped[2], FinetuneConfig())
     assert isinstance(add_words(shipped[2], ["heart"]).clip.token_embedding, NewWords)
+
+
+@pytest.mark.parametrize("method", ["word", "lora"])
+def test_an_adapter_file_brings_back_exactly_what_was_taught(shipped, hearts, method, tmp_path):
+    model, decode, encoder = shipped
+    encoder = add_words(encoder, ["heart", "心形"])
+    config = FinetuneConfig(method=method, steps=3, batch_size=4, rank=2)
+    learner = finetune(model, encoder, training_set(encoder, decode, *hearts), config, progress=False).model
+    path = save_adapter(tmp_path / "heart.safetensors", learner, encoder, config, "t2i_shapes", steps=3)
+    assert read_adapter(path)[1]["words"] == '["heart", "心形"]'
+    loaded, _, reader = load_adapter(path)
+    prompt = ["a small green heart on a blue background, top left", "一个绿色心形"]
+    assert torch.equal(reader(prompt)["context"], encoder(prompt)["context"])
+    x, t = torch.randn(2, *model.sample_shape), torch.tensor([0.3, 0.8])
+    with torch.no_grad():
+        assert torch.allclose(loaded(x, t, reader(prompt)), learner.unet.eval()(x, t, encoder(prompt)), atol=1e-6)
+    off, _, _ = load_adapter(path, scale=0.0)  # LoRA scale 0: the base's U-Net (textual inversion never left it)
+    with torch.no_grad():
+        assert torch.equal(off(x, t, reader(prompt)), model(x, t, reader(prompt)))
+
+
+def test_a_wrong_adapter_file_is_one_clear_line(shipped, hearts, tmp_path):
+    model, decode, encoder = shipped
+    encoder = add_words(encoder, ["heart"])
+    config = FinetuneConfig(method="word", steps=1, batch_size=4)
+    learner = finetune(model, encoder, training_set(encoder, decode, *hearts), config, progress=False).model
+    path = save_adapter(tmp_path / "heart.safetensors", learner, encoder, config, "t2i_shapes")
+    with pytest.raises(DataError, match="teaches t2i_shapes, not t2i_mnist"):
+        load_adapter(path, "t2i_mnist")
+    tensors, metadata = read_adapter(path)
+    save_safetensors_atomic(tensors, tmp_path / "other.safetensors", {**metadata, "base_sha256": "0" * 64})
+    with pytest.raises(DataError, match="other t2i_shapes weights"):
+        load_adapter(tmp_path / "other.safetensors")
+    save_safetensors_atomic({"w": torch.zeros(2)}, tmp_path / "plain.safetensors")
+    with pytest.raises(DataError, match="no minidiff adapter"):
+        load_adapter(tmp_path / "plain.safetensors")
+    (tmp_path / "text.safetensors").write_text("not a tensor file")
+    with pytest.raises(DataError, match="cannot read"):
+        load_adapter(tmp_path / "text.safetensors")
+    with pytest.raises(DataError, match="does not exist"):
+        load_adapter(tmp_path / "missing.safetensors")

@@ -33,18 +33,23 @@ size of its gradient, so δ moves by lr and the row by about ``word_lr``: a word
 """
 import copy
 import dataclasses
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors import SafetensorError, safe_open
 from torch import nn
 
 from minidiff.course.recipes.clip import CaptionedPictures
 from minidiff.course.recipes.text2image import text_diffusion_loss
+from minidiff.files import DataError, save_safetensors_atomic
 from minidiff.latents import encode_latents
-from minidiff.models.lora import add_lora, lora_state_dict
-from minidiff.text2image import PromptEncoder
+from minidiff.models.lora import add_lora, load_lora, lora_state_dict, set_lora_scale
+from minidiff.text2image import PromptEncoder, load_text_to_image
 from minidiff.train import TrainConfig, train
+from minidiff.weights import read_manifest
 
 METHODS = ("word", "lora", "full")
 LIKE_SHAPES = ("circle", "square", "triangle")  # where a new shape's word starts
@@ -176,3 +181,61 @@ def adapter_state(learner: Learner, method: str) -> dict:
     and the new words' rows."""
     unet = {"word": {}, "lora": lora_state_dict(learner.unet), "full": learner.unet.state_dict()}[method]
     return {**{f"unet.{k}": v for k, v in unet.items()}, "words.rows": learner.words.rows().detach()}
+
+
+# --------------------------------------------------------------------------------------------- adapter files
+ADAPTER = "minidiff adapter"
+
+
+def save_adapter(path, learner: Learner, encoder: PromptEncoder, config: FinetuneConfig, base: str,
+                 directory=None, **record) -> Path:
+    """Write what a run taught (``adapter_state``) as a safetensors file, atomically, with what it needs:
+    the method, the LoRA rank, the new words, and the base model's name and sha256 — an adapter only fits
+    the very weights it was trained beside. ``record`` adds strings (steps, wall time) to the metadata."""
+    metadata = {"format": ADAPTER, "method": config.method, "rank": str(config.rank if config.method == "lora" else 0),
+                "words": json.dumps(list(encoder.tokenizer.words), ensure_ascii=False),
+                "base": base, "base_sha256": read_manifest(directory)[base]["sha256"],
+                **{k: str(v) for k, v in record.items()}}
+    return save_safetensors_atomic(adapter_state(learner, config.method), path, metadata)
+
+
+def read_adapter(path) -> tuple[dict, dict]:
+    """(tensors, metadata) of an adapter file; DataError, saying what to do, if it is not one."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"the adapter {path} does not exist: make one with `python -m minidiff finetune PICTURES_DIR "
+                        "--word WORD`")
+    try:
+        with safe_open(path, "pt") as f:
+            metadata = f.metadata() or {}
+            tensors = {key: f.get_tensor(key) for key in f.keys()}
+    except (SafetensorError, OSError) as err:
+        raise DataError(f"cannot read {path} as a safetensors file ({err}): give an adapter written by "
+                        "`python -m minidiff finetune`") from None
+    if metadata.get("format") != ADAPTER or "words.rows" not in tensors:
+        raise DataError(f"{path} is a safetensors file but no minidiff adapter (it names no base model and no new "
+                        "words): give one written by `python -m minidiff finetune`")
+    return tensors, metadata
+
+
+def load_adapter(path, model_name: str | None = None, scale: float = 1.0, directory=None):
+    """A shipped text-to-image model with an adapter on: ``(model, decode, encoder)`` as ``load_text_to_image``
+    gives, the encoder reading the adapter's words, the U-Net with its LoRA (at LoRA ``scale``) or its weights.
+    The adapter must be for ``model_name`` (default: the base it names) and for the very weights shipped."""
+    tensors, metadata = read_adapter(path)
+    base = metadata["base"]
+    if model_name not in (None, base):
+        raise DataError(f"{path} teaches {base}, not {model_name}: leave out --model, or make an adapter for "
+                        f"{model_name} with `python -m minidiff finetune ... --model {model_name}`")
+    manifest = read_manifest(directory)
+    if base not in manifest or manifest[base]["sha256"] != metadata["base_sha256"]:
+        raise DataError(f"{path} was trained beside other {base} weights (sha256 {metadata['base_sha256'][:12]}…) than "
+                        "the ones here: its changes would land on the wrong numbers; train it again on these")
+    model, decode, encoder = load_text_to_image(base, directory)
+    encoder = add_words(encoder, json.loads(metadata["words"]), rows=tensors.pop("words.rows"))
+    unet = {k.removeprefix("unet."): v for k, v in tensors.items()}
+    if metadata["method"] == "lora":
+        set_lora_scale(load_lora(model, unet), scale)
+    elif metadata["method"] == "full":
+        model.load_state_dict(unet)
+    return model.eval(), decode, encoder
