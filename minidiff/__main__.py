@@ -95,7 +95,13 @@ def cmd_generate(args):
     from minidiff.models.controlnet import Controlled
     from minidiff.text2image import load_text_to_image, picture_shape, text_to_image
     check_samples_path(args.out)  # before any work
-    model, decode, encoder = load_text_to_image(args.model)
+    if getattr(args, "lora", None):
+        from minidiff.course.recipes.finetune import load_adapter, read_adapter
+        model, decode, encoder = load_adapter(args.lora, args.model, args.lora_scale)
+        args.model = read_adapter(args.lora)[1]["base"]
+    else:
+        args.model = args.model or "t2i_shapes"
+        model, decode, encoder = load_text_to_image(args.model)
     masked = bool(model.config.concat_channels)
     if masked and not getattr(args, "mask", None):
         sys.exit(f"error: {args.model} draws into the hole of a picture: use `python -m minidiff inpaint IMAGE MASK PROMPT "
@@ -133,6 +139,43 @@ def cmd_generate(args):
         sys.exit(f"error: {err}")
     for path in save_samples(images, None, args.out):
         print(f"wrote {path}")
+
+
+FINETUNE_STEPS = 800
+
+
+def cmd_finetune(args):
+    """Teach a shipped text-to-image model a new word from a folder of pictures; write the adapter."""
+    import time
+    from pathlib import Path
+
+    from minidiff.course.generators import load_picture_folder
+    from minidiff.course.recipes.finetune import (FinetuneConfig, add_words, finetune, prior_set, save_adapter,
+                                                  training_set)
+    from minidiff.text2image import load_text_to_image, picture_shape
+    from minidiff.weights import read_manifest
+    out = Path(args.out or f"outputs/{args.word}-{args.method}.safetensors")
+    if out.suffix != ".safetensors":
+        sys.exit(f"error: --out {out}: an adapter is a .safetensors file")
+    if args.prior and "shapes" not in read_manifest().get(args.model, {}).get("data", "shapes"):
+        sys.exit(f"error: prior preservation replays prompts of the shapes; {args.model} draws something else: "
+                 "add --prior 0")
+    model, decode, encoder = load_text_to_image(args.model)
+    try:
+        config = FinetuneConfig(method=args.method, rank=args.rank, steps=args.steps, seed=args.seed)
+        encoder = add_words(encoder, [args.word])
+    except ValueError as err:
+        sys.exit(f"error: {err}")
+    warnings.showwarning = lambda message, *_, **__: print(f"warning: {message}", file=sys.stderr)  # one line
+    pictures, captions = load_picture_folder(args.pictures, picture_shape(model, decode)[1], args.word)
+    out.parent.mkdir(parents=True, exist_ok=True)  # before the work, so a bad --out costs nothing
+    start = time.time()
+    prior = prior_set(model, decode, encoder, args.prior, args.seed) if args.prior else None
+    result = finetune(model, encoder, training_set(encoder, decode, pictures, captions, prior), config)
+    save_adapter(out, result.model, encoder, config, args.model, steps=config.steps, pictures=len(pictures),
+                 prior=args.prior, wall_time_s=round(time.time() - start))
+    print(f"wrote {out} ({out.stat().st_size / 1024:.0f} KB, {len(pictures)} pictures, {config.steps} steps, "
+          f"{time.time() - start:.0f} s)\ntry: python -m minidiff generate \"a {args.word}\" --lora {out}")
 
 
 def cmd_evaluate(args):
@@ -200,7 +243,7 @@ def drawing_options(p, out: str, sampler: str = "dpmpp_2m") -> None:
     p.add_argument("--sampler", help=f"default {sampler}; any of " + ", ".join(SAMPLERS))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-n", type=count(1, 10_000), default=4, help="how many pictures (1 to 10,000; default 4)")
-    p.add_argument("--model", default="t2i_shapes", help="a shipped text-to-image model (default t2i_shapes)")
+    p.add_argument("--model", help="a shipped text-to-image model (default t2i_shapes, or the one --lora teaches)")
     p.add_argument("--out", default=out)
     p.set_defaults(run=cmd_generate)
 
@@ -250,7 +293,27 @@ def main(argv=None):
                                      "outline on black; controlnet_shapes_mask: a white mask), 64×64")
     p.add_argument("--control-strength", type=number(0, 2), default=1.0,
                    help="how strongly the condition steers, 0 (not at all: the base model) to 2 (default 1)")
+    p.add_argument("--lora", help="an adapter written by `finetune`: its new word and what it taught, on its base")
+    p.add_argument("--lora-scale", type=number(0, 1), default=1.0,
+                   help="how much of the adapter, 0 (the base alone) to 1 (as trained; default)")
     drawing_options(p, "outputs/generated.png")
+
+    p = sub.add_parser("finetune", help="teach a text-to-image model a new word from a folder of 5-10 pictures; "
+                                         "writes an adapter for `generate --lora`")
+    p.add_argument("pictures", help="a folder of PNG or JPEG pictures of one size; NAME.txt beside NAME.png may hold "
+                                    "its captions, one a line, each with the word (default: \"a WORD\")")
+    p.add_argument("--word", required=True, help="the new word, e.g. heart: one word of letters")
+    p.add_argument("--method", choices=["lora", "full", "word"], default="lora",
+                   help="lora: small adapters on the attention (default); full: every U-Net weight; word: the "
+                        "word's embedding alone (textual inversion)")
+    p.add_argument("--rank", type=count(1, 64), default=4, help="LoRA's rank r (default 4)")
+    p.add_argument("--steps", type=count(1, 100_000), default=FINETUNE_STEPS, help=f"default {FINETUNE_STEPS}")
+    p.add_argument("--prior", type=count(0, 10_000), default=200, help="prior preservation: how many pictures the "
+                   "base draws of what it knows, to keep knowing it (default 200; 0: none)")
+    p.add_argument("--model", default="t2i_shapes", help="the shipped text-to-image model to teach (default t2i_shapes)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="the adapter file (default outputs/WORD-METHOD.safetensors)")
+    p.set_defaults(run=cmd_finetune)
 
     p = sub.add_parser("img2img", help="start from a picture: noise it by --strength and redraw it with a prompt")
     p.add_argument("image", help="a PNG or JPEG (resized to the model's size, with a note)")

@@ -1,9 +1,11 @@
 """The new-concept protocol (chapter 12): a few pictures of a shape no model has seen, and what "learned" means.
 
 The base text-to-image model (``t2i_shapes``) and its CLIP have only seen circles, squares and triangles. A
-student gets ``SHOWN_PICTURES`` renders of a new shape, ``CONCEPT`` (the heart), all in a narrow corner of the
-world — ``SHOWN`` colours, backgrounds, one size and a few places — with their captions, which use the new
-word. (The renderer's other new shape, the star, cannot be the concept: ``t2i_shapes``'s autoencoder gives
+student gets ``SHOWN_PICTURES`` renders of a new shape, ``CONCEPT`` (the heart), in a corner of the world —
+``SHOWN``: half the colours, two backgrounds, three of the nine places, both sizes — with their captions,
+which use the new word. The corner is as varied as eight pictures allow, because a model learns only the
+variety it is shown (measured while tuning: shown in two colours, the heart came back in those colours'
+shapes only; shown large only, a small heart came back a circle). (The renderer's other new shape, the star, cannot be the concept: ``t2i_shapes``'s autoencoder gives
 back only 58 % of stars as stars, so no latent model on it could learn them — chapter 07's "never better than
 its decoder"; it gives back 99.8 % of hearts.) Learned means more than copying those pictures:
 
@@ -29,20 +31,21 @@ from minidiff.datasets.shapes import (
     COLORS,
     POSITIONS,
     SIZES,
+    TEST_SEED,
     TRAIN_SEED,
-    TUNE_SEED,
     ShapesDataset,
+    all_captions,
     attribute_labels,
-    shape_conditions,
     eval_caption,
     make_shapes,
+    shape_conditions,
 )
 from minidiff.edit_protocol import mask_iou, object_mask
 from minidiff.metrics import judge_read
 from minidiff.weights import load_pretrained
 
 CONCEPT = "heart"
-SHOWN = {"color": ("red", "blue"), "background": ("white", "yellow"), "size": ("large",),
+SHOWN = {"color": ("red", "blue", "yellow", "green"), "background": ("white", "black"), "size": ("large", "small"),
          "position": ("center", "top left", "bottom right")}
 SHOWN_PICTURES = 8
 CONCEPT_JUDGE = "shapes_judge_plus"
@@ -86,7 +89,7 @@ def concept_pictures(n: int = SHOWN_PICTURES, shape: str = CONCEPT, size: int = 
                      seed: int = TRAIN_SEED) -> dict:
     """``n`` renders of ``shape`` within ``SHOWN`` — the first of ``seed``'s stream of that shape that are —
     as {"images": (n, 3, size, size) in [-1, 1], "attributes", "captions"}; ``held_out`` takes the next ``n``
-    instead: the same narrow world, pictures the student never gets."""
+    instead: the same corner of the world, pictures the student never gets."""
     if shape not in ALL_SHAPES:
         raise ValueError(f"the concept is one of {', '.join(ALL_SHAPES)}, not {shape!r}")
     found, start, chunk = [], 0, 2000
@@ -102,26 +105,37 @@ def concept_pictures(n: int = SHOWN_PICTURES, shape: str = CONCEPT, size: int = 
     return {"images": pixels, "attributes": attributes, "captions": captions}
 
 
-def recontext_prompts(n: int = 24, shape: str = CONCEPT, language: str = "en") -> tuple[list[str], list[dict]]:
+def recontext_prompts(n: int = 24, shape: str = CONCEPT, language: str = "en",
+                      start: int = 0) -> tuple[list[str], list[dict]]:
     """``n`` prompts (evaluation wording) that put ``shape`` where it was never shown: a colour and a
-    background outside ``SHOWN``'s (never equal), both sizes in turn, every position in turn — so most are
-    in places never shown too. Returns (prompts, their attribute dicts). Fixed, so every run asks the same."""
+    background outside ``SHOWN``'s (never equal), each colour at both sizes, every position in turn — so
+    most are in places never shown too. Returns (prompts, their attribute dicts). Fixed, so every run asks
+    the same: report on the first 24 (``start`` 0), choose settings on the next (``start`` 24)."""
     colours = [c for c in COLORS if c not in SHOWN["color"]]
     backgrounds = [c for c in COLORS if c not in SHOWN["background"]]
     asked = []
-    for i in range(n):
-        colour = colours[i % len(colours)]
-        background = [b for b in backgrounds if b != colour][(i // len(colours)) % (len(backgrounds) - 1)]
-        asked.append({"shape": shape, "color": colour, "background": background,
-                      "size": SIZES[i % len(SIZES)], "position": POSITIONS[(i * 4) % len(POSITIONS)]})
+    for i in range(start, start + n):
+        block, colour = divmod(i, len(colours))
+        background = [b for b in backgrounds if b != colours[colour]][block % (len(backgrounds) - 1)]
+        asked.append({"shape": shape, "color": colours[colour], "background": background,
+                      "size": SIZES[(block + colour) % len(SIZES)], "position": POSITIONS[(i * 4) % len(POSITIONS)]})
     return [eval_caption(a, language) for a in asked], asked
 
 
-def base_prompts(n: int = 200, language: str = "en") -> tuple[list[str], list[dict]]:
-    """``n`` prompts of the old shapes (tuning renders' attributes, evaluation wording): what the base model
-    could draw before it was taught anything — measured again after, for the drift."""
-    attributes = ShapesDataset(n, seed=TUNE_SEED, size=32, compositions="train").attributes
+def base_prompts(n: int = 200, language: str = "en", seed: int = TEST_SEED) -> tuple[list[str], list[dict]]:
+    """``n`` prompts of the old shapes (the attributes of ``seed``'s renders of the training compositions, in
+    the evaluation wording): what the base model could draw before it was taught anything — measured again
+    after, for the drift. Report on ``TEST_SEED``'s; choose settings on ``TUNE_SEED``'s."""
+    attributes = ShapesDataset(n, seed=seed, size=32, compositions="train").attributes
     return [eval_caption(a, language) for a in attributes], attributes
+
+
+def prior_prompts(n: int = 200, languages=("en",)) -> tuple[list[list[str]], list[dict]]:
+    """What prior preservation replays: ``n`` attribute tuples of the old shapes the base model trained on
+    (``TRAIN_SEED``'s training compositions), each with its training wordings in ``languages`` — the base
+    draws each one, and those pictures join the new ones. Never the drift's prompts."""
+    attributes = ShapesDataset(n, seed=TRAIN_SEED, size=32, compositions="train").attributes
+    return [all_captions(a, languages) for a in attributes], attributes
 
 
 def concept_scores(pictures: torch.Tensor, asked: list[dict], judge=None) -> dict:

@@ -226,7 +226,48 @@ BAD_INPUT = [  # (case, argv with {tmp} for the temporary folder, setup(tmp, mon
     ("evaluate mismatched labels", ["evaluate", "{tmp}/s.safetensors"],
      lambda tmp, mp: _samples(tmp / "s.safetensors", _digits(5), torch.arange(3)),
      r"\(3,\) labels for 5 pictures", None),
+    ("finetune an empty folder", ["finetune", "{tmp}/pics", "--word", "heart"], lambda tmp, mp: (tmp / "pics").mkdir(),
+     r"pics holds no PNG or JPEG pictures: put 5 to 10 pictures of the new heart in it", None),
+    ("finetune a folder that is not there", ["finetune", "{tmp}/none", "--word", "heart"], None,
+     r"none is not a folder", None),
+    ("finetune pictures of mixed sizes", ["finetune", "{tmp}/pics", "--word", "heart"],
+     lambda tmp, mp: _pictures(tmp / "pics", [64, 64, 32]), r"mixed sizes \(a0\.png is 64×64, a2\.png is 32×32\)", None),
+    ("finetune with a caption that lacks the word", ["finetune", "{tmp}/pics", "--word", "heart"],
+     lambda tmp, mp: (_pictures(tmp / "pics", [64, 64]), (tmp / "pics/a1.txt").write_text("a red circle\n")),
+     r"a1\.txt has a caption without the word 'heart' \(a red circle\)", None),
+    ("finetune two words", ["finetune", "{tmp}/pics", "--word", "red heart"],
+     lambda tmp, mp: _pictures(tmp / "pics", [64]), r"a new word is one word of letters", None),
+    ("finetune --out not safetensors", ["finetune", "{tmp}/pics", "--word", "heart", "--out", "{tmp}/a.png"],
+     lambda tmp, mp: _pictures(tmp / "pics", [64]), r"an adapter is a \.safetensors file", None),
+    ("finetune --rank 0", ["finetune", "{tmp}/pics", "--word", "heart", "--rank", "0"], None,
+     r"argument --rank: 0 is out of range", 2),
+    ("generate --lora with no such file", ["generate", "a heart", "--lora", "{tmp}/x.safetensors", "--out",
+                                           "{tmp}/g.png"], None, r"x\.safetensors does not exist", None),
+    ("generate --lora for another base model", ["generate", "a heart", "--lora", "{tmp}/h.safetensors", "--model",
+                                                "t2i_mnist", "--out", "{tmp}/g.png"],
+     lambda tmp, mp: _adapter(tmp / "h.safetensors"), r"teaches t2i_shapes, not t2i_mnist", None),
+    ("generate --lora trained beside other weights", ["generate", "a heart", "--lora", "{tmp}/h.safetensors",
+                                                      "--out", "{tmp}/g.png"],
+     lambda tmp, mp: _adapter(tmp / "h.safetensors", base_sha256="0" * 64), r"trained beside other t2i_shapes", None),
+    ("generate --lora-scale 2", ["generate", "a heart", "--lora", "{tmp}/h.safetensors", "--lora-scale", "2"], None,
+     r"argument --lora-scale: 2(\.0)? is out of range: use 0 to 1", 2),
 ]
+
+
+def _pictures(folder, sizes):
+    from PIL import Image
+    folder.mkdir()
+    for k, size in enumerate(sizes):
+        Image.new("RGB", (size, size), "white").save(folder / f"a{k}.png")
+
+
+def _adapter(path, **metadata):
+    """A word-only adapter file for t2i_shapes (its metadata changed by ``metadata``)."""
+    from minidiff.files import save_safetensors_atomic
+    from minidiff.weights import read_manifest
+    tags = {"format": "minidiff adapter", "method": "word", "rank": "0", "words": '["heart"]', "base": "t2i_shapes",
+            "base_sha256": read_manifest()["t2i_shapes"]["sha256"], **metadata}
+    save_safetensors_atomic({"words.rows": torch.zeros(1, 128)}, path, tags)
 
 
 @pytest.mark.parametrize("case, argv, setup, line, code", BAD_INPUT, ids=[case[0] for case in BAD_INPUT])

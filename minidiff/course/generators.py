@@ -225,3 +225,44 @@ def load_condition(path, size: int) -> torch.Tensor:
                         f"{size}×{size}: draw it at that size (white outline or mask on black)")
     array = np.asarray(image.convert("L"), dtype=np.float32) / 255
     return torch.from_numpy(array)[None, None]
+
+
+PICTURE_FILES = (".png", ".jpg", ".jpeg")
+
+
+def load_picture_folder(folder, size: int, word: str) -> tuple[torch.Tensor, list]:
+    """What a student teaches a new word with: every PNG or JPEG in ``folder`` (sorted by name) as
+    (N, 3, size, size) in [-1, 1], and each one's captions — the lines of ``NAME.txt`` beside
+    ``NAME.png`` if there is one, else "a WORD". Every caption must hold the word; pictures of mixed
+    sizes are refused (one size resized to the model's, with a note, is fine)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DataError(f"{folder} is not a folder: give a folder of PNG or JPEG pictures of what to teach")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in PICTURE_FILES)
+    if not files:
+        raise DataError(f"{folder} holds no PNG or JPEG pictures: put 5 to 10 pictures of the new {word} in it")
+    sizes = {}
+    for path in files:
+        sizes.setdefault(_open_picture(path, "the picture").size, path.name)
+    if len(sizes) > 1:
+        (a, first), (b, second) = list(sizes.items())[:2]
+        raise DataError(f"the pictures in {folder} have mixed sizes ({first} is {a[0]}×{a[1]}, {second} is "
+                        f"{b[0]}×{b[1]}): give pictures of one size, best the model's {size}×{size}")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pictures = torch.cat([load_picture(path, size, 3) for path in files])
+    if caught:
+        first = files[0]
+        warnings.warn(f"the pictures are {Image.open(first).size[0]}×{Image.open(first).size[1]}; "
+                      f"resized to the model's {size}×{size}")
+    captions = []
+    for path in files:
+        text = path.with_suffix(".txt")
+        lines = [line.strip() for line in text.read_text(encoding="utf-8").splitlines() if line.strip()] \
+            if text.is_file() else [f"a {word}"]
+        missing = [line for line in lines if word.lower() not in line.lower()]
+        if not lines or missing:
+            raise DataError(f"{text} has a caption without the word {word!r} ({missing[0] if missing else 'none'}): "
+                            f"every caption of a picture should name what it teaches")
+        captions.append(lines)
+    return pictures, captions

@@ -42,12 +42,13 @@ import torch.nn.functional as F
 from safetensors import SafetensorError, safe_open
 from torch import nn
 
+from minidiff.concept_protocol import prior_prompts
 from minidiff.course.recipes.clip import CaptionedPictures
 from minidiff.course.recipes.text2image import text_diffusion_loss
 from minidiff.files import DataError, save_safetensors_atomic
 from minidiff.latents import encode_latents
 from minidiff.models.lora import add_lora, load_lora, lora_state_dict, set_lora_scale
-from minidiff.text2image import PromptEncoder, load_text_to_image
+from minidiff.text2image import PromptEncoder, load_text_to_image, text_to_image
 from minidiff.train import TrainConfig, train
 from minidiff.weights import read_manifest
 
@@ -129,12 +130,15 @@ class Learner(nn.Module):
 
 def training_set(encoder: PromptEncoder, decode, pictures: torch.Tensor, captions: list,
                  prior: tuple | None = None) -> CaptionedPictures:
-    """The pictures (N, 3, H, W) in [-1, 1] as latents, each with its captions (a list of the same
-    number of wordings per picture), joined by the ``prior`` pictures and captions repeated so both
-    weigh the same (λ = 1)."""
-    wordings = {len(c) for c in captions + (list(prior[1]) if prior else [])}
-    if len(wordings) != 1:
-        raise ValueError("every picture needs the same number of captions")
+    """The pictures (N, 3, H, W) in [-1, 1] as latents, each with its captions (a list of wordings),
+    joined by the ``prior`` pictures and captions repeated so both weigh the same (λ = 1). Each picture's
+    captions are repeated in turn to the largest number any picture has, so every wording weighs the same."""
+    if len(captions) != len(pictures) or (prior and len(prior[1]) != len(prior[0])):
+        raise ValueError("give one list of captions per picture")
+    most = max(len(c) for c in captions + (list(prior[1]) if prior else []))
+    captions = [[c[k % len(c)] for k in range(most)] for c in captions]
+    if prior:
+        prior = (prior[0], [[c[k % len(c)] for k in range(most)] for c in prior[1]])
     latents = encode_latents(decode.vae, pictures)
     texts = dict(enumerate(captions))
     groups = torch.arange(len(latents))
@@ -145,6 +149,16 @@ def training_set(encoder: PromptEncoder, decode, pictures: torch.Tensor, caption
             [groups.repeat(repeat), len(captions) + torch.arange(len(prior_latents))])
         texts.update({len(captions) + k: c for k, c in enumerate(prior[1])})
     return CaptionedPictures(latents, groups, texts, encoder.tokenizer, encoder.clip.config.context_length)
+
+
+def prior_set(model: nn.Module, decode, encoder: PromptEncoder, n: int = 200, seed: int = 0,
+              progress: bool = True) -> tuple[torch.Tensor, list]:
+    """Prior preservation's pictures: what the base model itself draws for ``n`` prompts of the old
+    shapes (``prior_prompts``; guidance 3, DPM-Solver++(2M) × 20), with their captions."""
+    captions, _ = prior_prompts(n)
+    pictures = text_to_image(model, encoder, [c[0] for c in captions], guidance_scale=3.0, decode=decode,
+                             sampler="dpmpp_2m", num_inference_steps=20, seed=seed, progress=progress)
+    return pictures, captions
 
 
 def prepare(model: nn.Module, encoder: PromptEncoder, config: FinetuneConfig) -> Learner:
