@@ -114,7 +114,8 @@ def save_weights(model, name: str, *, directory=None, recipe: str, data: str, st
     with manifest_lock(directory):
         save_safetensors_atomic(model.state_dict(), path, metadata)
         manifest = read_manifest(directory)
-        manifest[name] = _entry(path, model, config, recipe, data, steps, wall_time_s, hardware, metrics, better)
+        manifest[name] = _entry(path, type(model).__name__, config, recipe, data, steps, wall_time_s, hardware,
+                                metrics, better)
         if companions:
             manifest[name]["companions"] = {}
             for suffix, write in companions.items():
@@ -126,11 +127,26 @@ def save_weights(model, name: str, *, directory=None, recipe: str, data: str, st
     return path
 
 
-def _entry(path, model, config, recipe, data, steps, wall_time_s, hardware, metrics, better) -> dict:
+def record_file(name: str, path, *, model: str, config: dict, recipe: str, data: str, steps: int,
+                wall_time_s: float, hardware: str | None = None, metrics: dict | None = None,
+                better: tuple[str, str] | None = None, **record) -> dict:
+    """Record a file that is no model of its own — a LoRA adapter, written beside its manifest by other
+    code — in that folder's manifest, as ``save_weights`` records a model: ``model`` says what it is
+    (e.g. "LoRA adapter"), ``config`` how it was made. It ships like any model (``ship``)."""
+    path = Path(path)
+    with manifest_lock(path.parent):
+        manifest = read_manifest(path.parent)
+        manifest[name] = {**_entry(path, model, config, recipe, data, steps, wall_time_s, hardware, metrics, better),
+                          **record}
+        write_json_atomic(dict(sorted(manifest.items())), path.parent / "manifest.json")
+    return manifest[name]
+
+
+def _entry(path, model: str, config, recipe, data, steps, wall_time_s, hardware, metrics, better) -> dict:
     entry = {
         "file": path.name,
         "sha256": sha256sum(path),
-        "model": type(model).__name__,
+        "model": model,
         "config": config,
         "recipe": recipe,
         "data": data,

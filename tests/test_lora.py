@@ -75,8 +75,25 @@ def test_an_adapter_saved_and_loaded_on_a_fresh_base_gives_the_same_model(unet, 
     assert all(v.shape[0] == 3 for k, v in state.items() if k.endswith(".A"))
     again = load_lora(copy.deepcopy(unet), state)
     assert torch.equal(again(x, t, cond), model(x, t, cond))
-    with pytest.raises(ValueError, match="other layers"):
-        load_lora(copy.deepcopy(unet), {k: v for k, v in list(state.items())[2:]})
+    with pytest.raises(ValueError, match="other layers"):  # an A without its B
+        load_lora(copy.deepcopy(unet), {k: v for k, v in list(state.items())[1:]})
+    with pytest.raises(ValueError, match="other layers"):  # a layer this U-Net does not have
+        load_lora(copy.deepcopy(unet), {"nowhere.q.A": state[next(iter(state))], "nowhere.q.B": torch.zeros(8, 3)})
+
+
+def test_cross_attention_adapters_are_about_half_and_load_back_as_they_were(unet, encoder):  # noqa: F811
+    x, t, cond = _inputs(unet, encoder)
+    every = sum(p.numel() for p in _adapted(unet, rank=4).parameters() if p.requires_grad)
+    model = add_lora(copy.deepcopy(unet), 4, where="cross")
+    assert all(".attn2." in name for name in lora_layers(model)) and len(lora_layers(model)) > 0
+    cross = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert 0.4 * every < cross < 0.6 * every
+    for layer in lora_layers(model).values():
+        torch.nn.init.normal_(layer.B)
+    again = load_lora(copy.deepcopy(unet), lora_state_dict(model))
+    assert set(lora_layers(again)) == set(lora_layers(model)) and torch.equal(again(x, t, cond), model(x, t, cond))
+    with pytest.raises(ValueError, match="all or cross"):
+        add_lora(copy.deepcopy(unet), 4, where="self")
 
 
 def test_a_rank_one_adapter_learns_a_rank_one_change_exactly():

@@ -13,16 +13,17 @@ into one plain layer, so an adapted model samples as fast as the base.
 
 In the course's U-Net the adapters go on the attention projections (``q``, ``k``, ``v``, ``out`` of every
 ``Attention``: the self-attention and the cross-attention that reads the prompt), where a new word has to
-meet a new picture. What is trained and shipped is only ``lora_state_dict``: a small file of A's and B's.
+meet a new picture — or on the cross-attentions alone (``where="cross"``), about half as many numbers. What is trained and shipped is only ``lora_state_dict``: a small file of A's and B's.
 """
 import math
 
 import torch
 from torch import nn
 
-from minidiff.models.attention import Attention
+from minidiff.models.attention import Attention, TransformerBlock
 
 TARGETS = ("q", "k", "v", "out")  # the projections of every attention block
+WHERE = ("all", "cross")          # every attention block, or the cross-attentions that read the prompt
 
 
 class LoRALinear(nn.Module):
@@ -56,20 +57,28 @@ class LoRALinear(nn.Module):
         return layer.requires_grad_(False).to(self.base.weight.device)
 
 
-def _attention_projections(model: nn.Module, targets=TARGETS):
-    """(parent module, attribute name, full name) of every target projection of every attention block."""
+def _attention_projections(model: nn.Module, targets=TARGETS, where: str = "all"):
+    """(parent module, attribute name, full name) of every target projection of every attention block —
+    ``where="cross"``: of the cross-attentions only (a ``TransformerBlock``'s ``attn2``, reading the prompt)."""
+    if where not in WHERE:
+        raise ValueError(f"LoRA goes on {' or '.join(WHERE)} attention, not {where!r}")
+    cross = {id(m.attn2) for m in model.modules() if isinstance(m, TransformerBlock) and m.context_dim is not None}
     for name, module in model.named_modules():
-        if isinstance(module, Attention):
+        if isinstance(module, Attention) and (where == "all" or id(module) in cross):
             for target in targets:
                 yield module, target, f"{name}.{target}" if name else target
 
 
-def add_lora(model: nn.Module, rank: int, alpha: float | None = None, targets=TARGETS) -> nn.Module:
+def add_lora(model: nn.Module, rank: int, alpha: float | None = None, targets=TARGETS, where: str = "all",
+             layers=None) -> nn.Module:
     """Freeze ``model`` and put a ``LoRALinear`` of ``rank`` on every target projection of its attention
-    blocks, in place; returns it. Only the adapters' A and B then train."""
+    blocks (``where="cross"``: of its cross-attentions only; ``layers``: only those full names), in place;
+    returns it. Only the adapters' A and B then train."""
     model.requires_grad_(False)
     found = 0
-    for parent, target, _ in _attention_projections(model, targets):
+    for parent, target, name in list(_attention_projections(model, targets, where)):
+        if layers is not None and name not in layers:
+            continue
         layer = getattr(parent, target)
         if isinstance(layer, LoRALinear):
             raise ValueError("this model already has LoRA adapters: merge them (merge_lora) or start from the base")
@@ -96,10 +105,12 @@ def load_lora(model: nn.Module, state: dict, alpha: float | None = None) -> nn.M
     ranks = {state[key].shape[0] for key in state if key.endswith(".A")}
     if len(ranks) != 1:
         raise ValueError("a LoRA file holds one rank for every layer (an A and a B per adapted layer)")
-    add_lora(model, ranks.pop(), alpha)
-    layers = lora_layers(model)
-    if {f"{name}.{part}" for name in layers for part in ("A", "B")} != set(state):
+    wanted = {key.rsplit(".", 1)[0] for key in state}
+    known = {name for _, _, name in _attention_projections(model)}
+    if not wanted <= known or {f"{name}.{part}" for name in wanted for part in ("A", "B")} != set(state):
         raise ValueError("this LoRA adapts other layers than this model has: it was made for another U-Net")
+    add_lora(model, ranks.pop(), alpha, layers=wanted)
+    layers = lora_layers(model)
     with torch.no_grad():
         for key, value in state.items():
             name, part = key.rsplit(".", 1)

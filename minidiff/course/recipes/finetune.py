@@ -60,12 +60,14 @@ LIKE_SHAPES = ("circle", "square", "triangle")  # where a new shape's word start
 class FinetuneConfig:
     method: str = "lora"               # "word" (textual inversion), "lora" or "full"
     rank: int = 4                      # LoRA's r
+    where: str = "all"                 # LoRA on every attention block, or on the cross-attentions ("cross")
     steps: int = 800
     lr: float | None = None            # None: 1e-3 for LoRA's adapters, 1e-4 for every weight
     word_lr: float = 5e-3              # the new words' rows (textual inversion's step size)
     batch_size: int = 16
     caption_dropout: float = 0.1       # as the base trained: guidance needs the empty prompt too
     seed: int = 0
+    device: str = "auto"
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -166,7 +168,7 @@ def prepare(model: nn.Module, encoder: PromptEncoder, config: FinetuneConfig) ->
     encoder's new words' rows with their own step size (see the module's docstring)."""
     unet = copy.deepcopy(model).train()
     if config.method == "lora":
-        add_lora(unet, config.rank)
+        add_lora(unet, config.rank, where=config.where)
     else:
         unet.requires_grad_(config.method == "full")
     words = encoder.clip.token_embedding
@@ -184,7 +186,8 @@ def finetune(model: nn.Module, encoder: PromptEncoder, data: CaptionedPictures, 
     learner = prepare(model, encoder, config)
     train_config = TrainConfig(steps=config.steps, batch_size=min(config.batch_size, len(data)),
                                lr=config.step_size, warmup_steps=min(20, config.steps // 10), min_lr_ratio=1.0,
-                               ema_decay=None, seed=config.seed, log_every=max(1, config.steps // 20),
+                               ema_decay=None, seed=config.seed, device=config.device,
+                               log_every=max(1, config.steps // 20),
                                progress=progress)
     return train(learner, lambda m, b: text_diffusion_loss(m.unet, b, encoder, caption_dropout=config.caption_dropout),
                  data, train_config, callbacks=callbacks)
@@ -206,7 +209,9 @@ def save_adapter(path, learner: Learner, encoder: PromptEncoder, config: Finetun
     """Write what a run taught (``adapter_state``) as a safetensors file, atomically, with what it needs:
     the method, the LoRA rank, the new words, and the base model's name and sha256 — an adapter only fits
     the very weights it was trained beside. ``record`` adds strings (steps, wall time) to the metadata."""
-    metadata = {"format": ADAPTER, "method": config.method, "rank": str(config.rank if config.method == "lora" else 0),
+    lora = config.method == "lora"
+    metadata = {"format": ADAPTER, "method": config.method, "rank": str(config.rank if lora else 0),
+                "where": config.where if lora else "",
                 "words": json.dumps(list(encoder.tokenizer.words), ensure_ascii=False),
                 "base": base, "base_sha256": read_manifest(directory)[base]["sha256"],
                 **{k: str(v) for k, v in record.items()}}
