@@ -178,6 +178,20 @@ def check_editing(tmp_path, monkeypatch, capsys):
             assert row[kind]["kept_exactly"] is True and 0 <= row[kind]["all_correct"] <= 1
 
 
+def check_finetune(tmp_path, monkeypatch, capsys):
+    out = smoke("finetune.py", tmp_path, monkeypatch)
+    report = written(out / "finetune.json")
+    assert (out / "finetune_overfitting.png").stat().st_size > 0
+    rows = {(r["method"], r["prior_preservation"]): r for r in report["methods"]}
+    assert set(rows) == {(m, p) for m in ("LoRA r4", "full") for p in (False, True)}
+    lora, full = rows[("LoRA r4", False)], rows[("full", False)]
+    assert lora["trainable_numbers"] < 0.05 * full["trainable_numbers"] and lora["adapter_kb"] < full["adapter_kb"]
+    assert [r["trainable_numbers"] for r in report["ranks"]] == [10_432 + 128, 2 * 10_432 + 128]  # r·Σ(in+out) + the word
+    curve = report["overfitting"]["curve"]
+    assert [p["step"] for p in curve] == [0, 3, 6] and curve[-1]["train"] < curve[0]["train"]
+    assert report["overfitting"]["early_stopping_step"] in (3, 6)
+
+
 def check_controlnet(tmp_path, monkeypatch, capsys):
     out = smoke("controlnet.py", tmp_path, monkeypatch)
     report = written(out / "controlnet.json")
@@ -196,7 +210,7 @@ CHECKS = {"sampling_speed.py": check_sampling_speed, "clip_speed.py": check_clip
           "fid_vs_nfe.py": check_fid_vs_nfe, "samplers_vs_diffusers.py": check_samplers_vs_diffusers,
           "ddpm_vs_diffusers.py": check_ddpm_vs_diffusers, "protocol_cost.py": check_protocol_cost,
           "text_to_image.py": check_text_to_image, "editing.py": check_editing,
-          "controlnet.py": check_controlnet}
+          "controlnet.py": check_controlnet, "finetune.py": check_finetune}
 FAST = {"sampling_speed.py"}  # about a second; the others load the judge's test statistics or train
 
 
