@@ -45,12 +45,12 @@ from torch import nn
 from minidiff.concept_protocol import prior_prompts
 from minidiff.course.recipes.clip import CaptionedPictures
 from minidiff.course.recipes.text2image import text_diffusion_loss
-from minidiff.files import DataError, save_safetensors_atomic
+from minidiff.files import DataError, save_safetensors_atomic, verify_sha256
 from minidiff.latents import encode_latents
 from minidiff.models.lora import add_lora, load_lora, lora_state_dict, set_lora_scale
 from minidiff.text2image import PromptEncoder, load_text_to_image, text_to_image
 from minidiff.train import TrainConfig, train
-from minidiff.weights import read_manifest
+from minidiff.weights import checkpoints_dir, read_manifest
 
 METHODS = ("word", "lora", "full")
 LIKE_SHAPES = ("circle", "square", "triangle")  # where a new shape's word starts
@@ -218,9 +218,21 @@ def save_adapter(path, learner: Learner, encoder: PromptEncoder, config: Finetun
     return save_safetensors_atomic(adapter_state(learner, config.method), path, metadata)
 
 
-def read_adapter(path) -> tuple[dict, dict]:
-    """(tensors, metadata) of an adapter file; DataError, saying what to do, if it is not one."""
-    path = Path(path)
+def adapter_file(name_or_path, directory=None) -> Path:
+    """An adapter's file: the path itself, or a shipped adapter's by name (e.g. "lora_heart"), checked
+    against its manifest entry's sha256."""
+    manifest = read_manifest(directory)
+    entry = manifest.get(str(name_or_path))
+    if entry is None or Path(name_or_path).suffix or entry.get("model") != "LoRA adapter":
+        return Path(name_or_path)
+    return verify_sha256(checkpoints_dir(directory) / entry["file"], entry["sha256"],
+                         f"Restore it with `git checkout -- data/checkpoints`, or re-create it with `{entry['recipe']}`.")
+
+
+def read_adapter(path, directory=None) -> tuple[dict, dict]:
+    """(tensors, metadata) of an adapter file (or a shipped adapter, by name); DataError, saying what to do,
+    if it is not one."""
+    path = adapter_file(path, directory)
     if not path.is_file():
         raise DataError(f"the adapter {path} does not exist: make one with `python -m minidiff finetune PICTURES_DIR "
                         "--word WORD`")
@@ -241,7 +253,7 @@ def load_adapter(path, model_name: str | None = None, scale: float = 1.0, direct
     """A shipped text-to-image model with an adapter on: ``(model, decode, encoder)`` as ``load_text_to_image``
     gives, the encoder reading the adapter's words, the U-Net with its LoRA (at LoRA ``scale``) or its weights.
     The adapter must be for ``model_name`` (default: the base it names) and for the very weights shipped."""
-    tensors, metadata = read_adapter(path)
+    tensors, metadata = read_adapter(path, directory)
     base = metadata["base"]
     if model_name not in (None, base):
         raise DataError(f"{path} teaches {base}, not {model_name}: leave out --model, or make an adapter for "
