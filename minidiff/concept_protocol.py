@@ -30,6 +30,7 @@ from minidiff.datasets.shapes import (
     ALL_SHAPES,
     COLORS,
     POSITIONS,
+    SHAPES,
     SIZES,
     TEST_SEED,
     TRAIN_SEED,
@@ -37,6 +38,7 @@ from minidiff.datasets.shapes import (
     all_captions,
     attribute_labels,
     eval_caption,
+    is_held_out,
     make_shapes,
     shape_conditions,
 )
@@ -130,11 +132,15 @@ def base_prompts(n: int = 200, language: str = "en", seed: int = TEST_SEED) -> t
     return [eval_caption(a, language) for a in attributes], attributes
 
 
-def prior_prompts(n: int = 200, languages=("en",)) -> tuple[list[list[str]], list[dict]]:
-    """What prior preservation replays: ``n`` attribute tuples of the old shapes the base model trained on
-    (``TRAIN_SEED``'s training compositions), each with its training wordings in ``languages`` — the base
-    draws each one, and those pictures join the new ones. Never the drift's prompts."""
-    attributes = ShapesDataset(n, seed=TRAIN_SEED, size=32, compositions="train").attributes
+def prior_prompts(n: int = 200, languages=("en",), scenes=(), repeats: int = 4) -> tuple[list[list[str]], list[dict]]:
+    """What prior preservation replays: ``n`` attribute tuples of the old shapes, each with its training
+    wordings in ``languages`` — the base draws each one, and those pictures join the new ones. First the
+    ``scenes`` (the taught pictures' attributes) with each old shape in the new one's place, ``repeats``
+    times each (never a held-out composition): DreamBooth's "a dog" beside "a [V] dog", so that only the word
+    tells the new shape from the old ones; then the base's own training renders (``TRAIN_SEED``'s training
+    compositions) to fill ``n``. Never the drift's prompts."""
+    swapped = [dict(a, shape=old) for a in scenes for old in SHAPES if not is_held_out(dict(a, shape=old))]
+    attributes = (swapped * repeats + ShapesDataset(n, seed=TRAIN_SEED, size=32, compositions="train").attributes)[:n]
     return [all_captions(a, languages) for a in attributes], attributes
 
 

@@ -10,9 +10,18 @@ from minidiff.concept_protocol import (
     concept_pictures,
     concept_scores,
     outline_read,
+    prior_prompts,
     recontext_prompts,
 )
-from minidiff.datasets.shapes import ALL_SHAPES, POSITIONS, SHAPES, TEST_SEED, ShapesDataset, shape_conditions
+from minidiff.datasets.shapes import (
+    ALL_SHAPES,
+    POSITIONS,
+    SHAPES,
+    TEST_SEED,
+    ShapesDataset,
+    is_held_out,
+    shape_conditions,
+)
 from minidiff.text2image import load_text_to_image, text_to_image
 
 
@@ -52,6 +61,16 @@ def test_the_concept_judge_reads_real_pictures_as_asked_and_a_wrong_shape_as_wro
     assert scores["shape"] == 0.0 and scores["accuracy"]["color"] == 1.0 and scores["shapes_read"]["circle"] == 40
     with pytest.raises(ValueError, match="got 40 pictures but 39"):
         concept_scores(circles.images, as_concept[:39])
+
+
+def test_the_prior_replays_the_shown_scenes_with_the_old_shapes_then_the_bases_training_prompts(shown):
+    captions, asked = prior_prompts(200, scenes=shown["attributes"])
+    assert len(captions) == len(asked) == 200 and all(len(c) == 4 for c in captions)
+    assert all(a["shape"] in SHAPES and not is_held_out(a) for a in asked)
+    scene = lambda a: tuple(a[k] for k in ("color", "background", "size", "position"))
+    swapped = {scene(a) for a in shown["attributes"]}
+    assert all(scene(a) in swapped for a in asked[:40])
+    assert prior_prompts(50)[1] == prior_prompts(200)[1][:50]  # without scenes: the training renders' own
 
 
 def test_the_outline_reads_every_real_render_right_at_64_pixels():

@@ -4,7 +4,9 @@ of the new-concept protocol (``minidiff.concept_protocol``), as a LoRA adapter o
 **Recipe.** The word "heart" gets a token and an embedding row (``finetune.add_words``, started at the shape
 words' mean); LoRA adapters of rank ``RANK`` go on every attention projection of the U-Net, the base frozen;
 each of the eight pictures comes with its four English training wordings; prior preservation replays
-``PRIOR`` pictures the base draws of its own prompts (``prior_prompts``), as many as the new ones. Settings
+``PRIOR`` pictures the base draws of its own prompts (``prior_prompts``: first the eight scenes with each old
+shape in the heart's place, then its training prompts), as many as the new ones. Measured while tuning
+(LoRA r4, 400 steps): the swapped scenes lift the recontextualisation from 23 % to 44 % at no cost in drift. Settings
 chosen on the protocol's tuning prompts (``recontext_prompts(start=24)``, ``base_prompts(seed=TUNE_SEED)``).
 
 **Measurement** (``measure_concept``): the 24 recontextualisation prompts, ``DRAWS`` pictures each (sampling
@@ -46,7 +48,7 @@ def concept_training_set(model, decode, encoder, prior: int = PRIOR, shape: str 
     base's own pictures (none for 0): what every chapter-12 run trains on."""
     shown = concept_pictures(shape=shape)
     captions = [all_captions(a, languages=("en",)) for a in shown["attributes"]]
-    replay = prior_set(model, decode, encoder, prior, progress=False) if prior else None
+    replay = prior_set(model, decode, encoder, prior, scenes=shown["attributes"], progress=False) if prior else None
     return training_set(encoder, decode, shown["images"], captions, replay)
 
 

@@ -153,11 +153,12 @@ def training_set(encoder: PromptEncoder, decode, pictures: torch.Tensor, caption
     return CaptionedPictures(latents, groups, texts, encoder.tokenizer, encoder.clip.config.context_length)
 
 
-def prior_set(model: nn.Module, decode, encoder: PromptEncoder, n: int = 200, seed: int = 0,
+def prior_set(model: nn.Module, decode, encoder: PromptEncoder, n: int = 200, seed: int = 0, scenes=(),
               progress: bool = True) -> tuple[torch.Tensor, list]:
     """Prior preservation's pictures: what the base model itself draws for ``n`` prompts of the old
-    shapes (``prior_prompts``; guidance 3, DPM-Solver++(2M) × 20), with their captions."""
-    captions, _ = prior_prompts(n)
+    shapes (``prior_prompts``, the taught ``scenes`` first; guidance 3, DPM-Solver++(2M) × 20), with their
+    captions."""
+    captions, _ = prior_prompts(n, scenes=scenes)
     pictures = text_to_image(model, encoder, [c[0] for c in captions], guidance_scale=3.0, decode=decode,
                              sampler="dpmpp_2m", num_inference_steps=20, seed=seed, progress=progress)
     return pictures, captions
