@@ -141,7 +141,7 @@ def cmd_generate(args):
         print(f"wrote {path}")
 
 
-FINETUNE_STEPS = 800
+FINETUNE_STEPS = 400
 
 
 def cmd_finetune(args):
