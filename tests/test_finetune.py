@@ -150,3 +150,26 @@ def test_a_wrong_adapter_file_is_one_clear_line(shipped, hearts, tmp_path):
         load_adapter(tmp_path / "text.safetensors")
     with pytest.raises(DataError, match="does not exist"):
         load_adapter(tmp_path / "missing.safetensors")
+
+
+def test_the_shipped_heart_adapter_is_small_and_says_what_it_was_made_on():
+    from minidiff.weights import read_manifest
+    entry, base = read_manifest()["lora_heart"], read_manifest()["t2i_shapes"]
+    tensors, metadata = read_adapter("lora_heart")
+    assert metadata["base_sha256"] == base["sha256"] == entry["base"]["sha256"] and metadata["where"] == "cross"
+    numbers = sum(v.numel() for k, v in tensors.items() if k.startswith("unet."))
+    assert numbers == entry["metrics"]["adapter_parameters"]
+    assert numbers <= 0.02 * sum(p.numel() for p in load_text_to_image("t2i_shapes")[0].parameters())
+
+
+@pytest.mark.slow
+def test_the_shipped_heart_adapter_draws_hearts_where_it_never_saw_one_and_keeps_the_old_shapes():
+    """Measured when shipped (24 recontextualisation prompts × 4 seeds, guidance 7.5; 200 base prompts):
+    61.5 % hearts by both readers (the base: 0 %), the base prompts all five right 95.5 % (the base: 99.5 %)."""
+    from minidiff.course.recipes.concepts import measure_concept
+    from minidiff.weights import read_manifest
+    recorded = read_manifest()["lora_heart"]["metrics"]
+    scores = measure_concept(*load_adapter("lora_heart"))
+    assert abs(scores["concept"]["shape"] - recorded["recontext_shape"]) < 0.03
+    assert abs(scores["base_prompts_all_correct"] - recorded["base_prompts_all_correct"]) < 0.02
+    assert scores["concept"]["shape"] >= 0.55 and recorded["drift_points"] <= 5

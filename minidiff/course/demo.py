@@ -271,6 +271,23 @@ def controlnet_grid():
             image_grid(torch.cat(rows).clamp(-1, 1), ncols=len(strengths) + 1))
 
 
+@panel
+def finetuning_before_after():
+    """Chapter 12: four prompts with the new word "heart" drawn by t2i_shapes before it was taught (its
+    tokenizer spells the word from pieces it passes over) and after, with the shipped LoRA adapter lora_heart."""
+    from minidiff.course.recipes.concepts import GUIDANCE
+    from minidiff.course.recipes.finetune import load_adapter
+    from minidiff.text2image import load_text_to_image, text_to_image
+    prompts = ["a large purple heart on a green background, top right", "a small white heart on a red background, left",
+               "a large orange heart on a blue background, bottom", "a small black heart on a yellow background, center"]
+    draw = dict(n=4, guidance_scale=GUIDANCE, sampler="dpmpp_2m", num_inference_steps=20, seed=0, progress=False)
+    rows = []
+    for model, decode, encoder in (load_text_to_image("t2i_shapes"), load_adapter("lora_heart")):
+        rows.append(torch.cat([text_to_image(model, encoder, prompt, decode=decode, **draw) for prompt in prompts]))
+    return ("Fine-tuning (ch. 12): four prompts with a word t2i_shapes never saw, 4 seeds each — top: before; bottom: "
+            "with lora_heart,\na LoRA adapter taught from 8 pictures of hearts in other colours, on other backgrounds", image_grid(torch.cat(rows).clamp(-1, 1), ncols=16))
+
+
 def make_demo(path="outputs/demo.png") -> Path:
     """Draw every panel, one above the other, into ``path`` (written atomically)."""
     matplotlib.use("Agg")

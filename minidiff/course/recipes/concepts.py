@@ -2,7 +2,8 @@
 of the new-concept protocol (``minidiff.concept_protocol``), as a LoRA adapter of its own.
 
 **Recipe.** The word "heart" gets a token and an embedding row (``finetune.add_words``, started at the shape
-words' mean); LoRA adapters of rank ``RANK`` go on every attention projection of the U-Net, the base frozen;
+words' mean); LoRA adapters of rank ``RANK`` go on the projections of the U-Net's cross-attentions (where the
+prompt is read: 1.8 % of its numbers at rank 4, against 3.1 % on every attention), the base frozen;
 each of the eight pictures comes with its four English training wordings; prior preservation replays
 ``PRIOR`` pictures the base draws of its own prompts (``prior_prompts``: first the eight scenes with each old
 shape in the heart's place, then its training prompts), as many as the new ones. Measured while tuning
@@ -39,7 +40,7 @@ from minidiff.text2image import load_text_to_image, text_to_image
 from minidiff.weights import read_manifest, record_file
 
 BASE = "t2i_shapes"
-RANK, STEPS, PRIOR = 4, 400, 200
+RANK, WHERE, STEPS, PRIOR = 4, "cross", 400, 200
 DRAWS, BASE_PROMPTS = 4, 200
 GUIDANCE = 7.5  # a newly taught word is faint: chosen on the tuning prompts (LoRA r4: 44 % at 3, 73 % at 7.5)
 DRAW = dict(guidance_scale=GUIDANCE, sampler="dpmpp_2m", num_inference_steps=20, progress=False)
@@ -76,7 +77,7 @@ def lora_heart(fast: bool = False, device: str = "auto") -> dict:
     model, decode, encoder = load_text_to_image(BASE)
     before = measure_concept(model, decode, encoder, draws=1 if fast else DRAWS, base=8 if fast else BASE_PROMPTS)
     encoder = add_words(encoder, [CONCEPT])
-    config = FinetuneConfig(method="lora", rank=RANK, steps=5 if fast else STEPS, device=device)
+    config = FinetuneConfig(method="lora", rank=RANK, where=WHERE, steps=5 if fast else STEPS, device=device)
     start = time.time()
     data = concept_training_set(model, decode, encoder, prior=4 if fast else PRIOR)
     result = finetune(model, encoder, data, config)
@@ -91,7 +92,7 @@ def lora_heart(fast: bool = False, device: str = "auto") -> dict:
     folder = run_dir("lora_heart", fast)
     path = save_adapter(f"{folder}/lora_heart.safetensors", learner, encoder, config, BASE, steps=config.steps)
     manifest = read_manifest()
-    record_file("lora_heart", path, model="LoRA adapter", config={"method": "lora", "rank": RANK, "words": [CONCEPT]},
+    record_file("lora_heart", path, model="LoRA adapter", config={"method": "lora", "rank": RANK, "where": WHERE, "words": [CONCEPT]},
                 recipe="python -m minidiff train lora_heart --ship", steps=config.steps, wall_time_s=wall,
                 data=f"the new-concept protocol's 8 pictures of a heart (4 English wordings "
                      f"each) and {PRIOR} pictures t2i_shapes drew of its own prompts (prior preservation)",
