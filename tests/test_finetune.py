@@ -20,7 +20,7 @@ from minidiff.course.recipes.finetune import (
 )
 from minidiff.files import DataError, save_safetensors_atomic
 from minidiff.datasets.shapes import all_captions
-from minidiff.models.lora import LoRALinear
+from minidiff.models.lora import LoRALayer
 from minidiff.text2image import load_text_to_image
 
 
@@ -77,7 +77,7 @@ def test_each_method_trains_what_it_says_and_ships_only_that(shipped, hearts, me
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # the base is never touched
     assert not torch.equal(learner.words.rows(), learner.words.start)
     changed = {k for k, v in learner.unet.state_dict().items() if k in before and not torch.equal(v, before[k])}
-    lora = [m for m in learner.unet.modules() if isinstance(m, LoRALinear)]
+    lora = [m for m in learner.unet.modules() if isinstance(m, LoRALayer)]
     state = adapter_state(learner, method)
     assert state["words.rows"].shape == (1, encoder.width)
     if method == "word":

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from minidiff.models.lora import (
-    LoRALinear,
+    LoRALayer,
     add_lora,
     load_lora,
     lora_layers,
@@ -51,7 +51,7 @@ def test_a_fresh_adapter_is_exactly_the_base_and_only_a_and_b_train(unet, encode
 def test_the_first_gradient_reaches_b_but_not_a():
     """∂y/∂B = s(α/r)·(Ax)ᵀ ≠ 0, while A's gradient goes through B = 0."""
     torch.manual_seed(0)
-    layer = LoRALinear(nn.Linear(6, 5), rank=2)
+    layer = LoRALayer(nn.Linear(6, 5), rank=2)
     layer(torch.randn(4, 6)).pow(2).sum().backward()
     assert layer.B.grad.abs().sum() > 0 and torch.equal(layer.A.grad, torch.zeros_like(layer.A))
 
@@ -101,7 +101,7 @@ def test_a_rank_one_adapter_learns_a_rank_one_change_exactly():
     torch.manual_seed(0)
     base = nn.Linear(8, 8)
     target = base.weight.detach() + torch.outer(torch.randn(8), torch.randn(8))
-    layer = LoRALinear(base, rank=1)
+    layer = LoRALayer(base, rank=1)
     optimizer = torch.optim.Adam([layer.A, layer.B], lr=0.05)
     x = torch.randn(256, 8)
     want = x @ target.T + base.bias.detach()
@@ -117,9 +117,28 @@ def test_a_rank_one_adapter_learns_a_rank_one_change_exactly():
 @pytest.mark.parametrize("rank", [0, 9, 2.5])
 def test_a_rank_out_of_range_is_one_clear_error(rank):
     with pytest.raises(ValueError, match="rank must be an integer from 1 to 8"):
-        LoRALinear(nn.Linear(8, 16), rank)
+        LoRALayer(nn.Linear(8, 16), rank)
 
 
 def test_a_model_without_attention_cannot_be_adapted():
     with pytest.raises(ValueError, match="needs attention layers"):
         add_lora(nn.Sequential(nn.Linear(4, 4)), 2)
+
+
+def test_a_convolution_adapter_starts_as_the_base_merges_exactly_and_counts_r_times_in_k2_plus_out(unet, encoder):  # noqa: F811
+    conv = nn.Conv2d(6, 10, 3, padding=1)
+    layer = LoRALayer(conv, rank=2)
+    x = torch.randn(3, 6, 8, 8)
+    assert torch.equal(layer(x), conv(x)) and layer.A.numel() + layer.B.numel() == 2 * (6 * 9 + 10)
+    torch.nn.init.normal_(layer.B)
+    assert torch.allclose(layer.merged()(x), layer(x), atol=1e-5)
+    reference = nn.functional.conv2d(x, conv.weight + (layer.B @ layer.A).view(10, 6, 3, 3), conv.bias, padding=1)
+    assert torch.allclose(layer(x), reference, atol=1e-5)
+    x_t, t, cond = _inputs(unet, encoder)
+    model = add_lora(copy.deepcopy(unet), 2, where="cross", convolutions=True)
+    assert any(name.endswith("conv1") for name in lora_layers(model)) and torch.equal(model(x_t, t, cond), unet(x_t, t, cond))
+    for adapter in lora_layers(model).values():
+        torch.nn.init.normal_(adapter.B, std=0.01)
+    again = load_lora(copy.deepcopy(unet), lora_state_dict(model))
+    assert torch.equal(again(x_t, t, cond), model(x_t, t, cond))
+    assert torch.allclose(merge_lora(model)(x_t, t, cond), again(x_t, t, cond), atol=1e-5) and not lora_layers(model)

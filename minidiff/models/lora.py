@@ -13,76 +13,91 @@ into one plain layer, so an adapted model samples as fast as the base.
 
 In the course's U-Net the adapters go on the attention projections (``q``, ``k``, ``v``, ``out`` of every
 ``Attention``: the self-attention and the cross-attention that reads the prompt), where a new word has to
-meet a new picture — or on the cross-attentions alone (``where="cross"``), about half as many numbers. What is trained and shipped is only ``lora_state_dict``: a small file of A's and B's.
+meet a new picture — or on the cross-attentions alone (``where="cross"``), about half as many numbers — and,
+optionally, on the convolutions that draw (``convolutions=True``; for a k×k convolution, W is c_out × c_in·k²). What is trained and shipped is only ``lora_state_dict``: a small file of A's and B's.
 """
+import copy
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from minidiff.models.attention import Attention, TransformerBlock
+from minidiff.models.unet import ResBlock
 
 TARGETS = ("q", "k", "v", "out")  # the projections of every attention block
 WHERE = ("all", "cross")          # every attention block, or the cross-attentions that read the prompt
 
 
-class LoRALinear(nn.Module):
-    """A frozen ``nn.Linear`` plus a rank-``rank`` change B A, scaled by ``alpha / rank`` and by ``scale``."""
+class LoRALayer(nn.Module):
+    """A frozen ``nn.Linear`` or ``nn.Conv2d`` plus a rank-``rank`` change B A, scaled by ``alpha / rank`` and
+    by ``scale``. For a convolution W is (c_out, c_in·k·k): A is r small kernels of the layer's size, B a
+    1×1 convolution mixing their r maps into c_out channels."""
 
-    def __init__(self, base: nn.Linear, rank: int, alpha: float | None = None):
+    def __init__(self, base: nn.Linear | nn.Conv2d, rank: int, alpha: float | None = None):
         super().__init__()
-        if not isinstance(rank, int) or rank < 1 or rank > min(base.in_features, base.out_features):
-            raise ValueError(f"the LoRA rank must be an integer from 1 to {min(base.in_features, base.out_features)}, "
-                             f"got {rank!r}")
+        d_in, d_out = (base.in_features, base.out_features) if isinstance(base, nn.Linear) else (
+            base.weight[0].numel(), base.out_channels)
+        if not isinstance(rank, int) or rank < 1 or rank > min(d_in, d_out):
+            raise ValueError(f"the LoRA rank must be an integer from 1 to {min(d_in, d_out)}, got {rank!r}")
         self.base = base.requires_grad_(False)
         self.rank, self.alpha, self.scale = rank, float(alpha or rank), 1.0
-        self.A = nn.Parameter(torch.empty(rank, base.in_features))
-        self.B = nn.Parameter(torch.zeros(base.out_features, rank))
+        self.A = nn.Parameter(torch.empty(rank, d_in))
+        self.B = nn.Parameter(torch.zeros(d_out, rank))
         nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))  # as nn.Linear initialises its own weight
 
     def delta(self) -> torch.Tensor:
-        """The change to the weight, s (α / r) B A: (d_out, d_in)."""
-        return self.scale * (self.alpha / self.rank) * (self.B @ self.A)
+        """The change to the weight, s (α / r) B A, in the weight's own shape."""
+        return (self.scale * (self.alpha / self.rank) * (self.B @ self.A)).view_as(self.base.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.base(x) + self.scale * (self.alpha / self.rank) * ((x @ self.A.T) @ self.B.T)
+        factor = self.scale * (self.alpha / self.rank)
+        if isinstance(self.base, nn.Linear):
+            return self.base(x) + factor * ((x @ self.A.T) @ self.B.T)
+        conv = self.base
+        h = F.conv2d(x, self.A.view(self.rank, *conv.weight.shape[1:]), None, conv.stride, conv.padding, conv.dilation)
+        return conv(x) + factor * F.conv2d(h, self.B[:, :, None, None])
 
-    def merged(self) -> nn.Linear:
+    def merged(self) -> nn.Module:
         """One plain layer computing the same: weight W + s (α / r) B A."""
-        layer = nn.Linear(self.base.in_features, self.base.out_features, bias=self.base.bias is not None)
+        layer = copy.deepcopy(self.base)
         with torch.no_grad():
-            layer.weight.copy_(self.base.weight + self.delta())
-            if self.base.bias is not None:
-                layer.bias.copy_(self.base.bias)
-        return layer.requires_grad_(False).to(self.base.weight.device)
+            layer.weight.add_(self.delta())
+        return layer.requires_grad_(False)
 
 
-def _attention_projections(model: nn.Module, targets=TARGETS, where: str = "all"):
+def _targets(model: nn.Module, targets=TARGETS, where: str = "all", convolutions: bool = False):
     """(parent module, attribute name, full name) of every target projection of every attention block —
-    ``where="cross"``: of the cross-attentions only (a ``TransformerBlock``'s ``attn2``, reading the prompt)."""
+    ``where="cross"``: of the cross-attentions only (a ``TransformerBlock``'s ``attn2``, reading the prompt) —
+    and with ``convolutions`` of both 3×3 convolutions of every ``ResBlock`` (where the picture is drawn)."""
     if where not in WHERE:
         raise ValueError(f"LoRA goes on {' or '.join(WHERE)} attention, not {where!r}")
     cross = {id(m.attn2) for m in model.modules() if isinstance(m, TransformerBlock) and m.context_dim is not None}
     for name, module in model.named_modules():
+        prefix = f"{name}." if name else ""
         if isinstance(module, Attention) and (where == "all" or id(module) in cross):
             for target in targets:
-                yield module, target, f"{name}.{target}" if name else target
+                yield module, target, prefix + target
+        if convolutions and isinstance(module, ResBlock):
+            for target in ("conv1", "conv2"):
+                yield module, target, prefix + target
 
 
 def add_lora(model: nn.Module, rank: int, alpha: float | None = None, targets=TARGETS, where: str = "all",
-             layers=None) -> nn.Module:
-    """Freeze ``model`` and put a ``LoRALinear`` of ``rank`` on every target projection of its attention
-    blocks (``where="cross"``: of its cross-attentions only; ``layers``: only those full names), in place;
-    returns it. Only the adapters' A and B then train."""
+             convolutions: bool = False, layers=None) -> nn.Module:
+    """Freeze ``model`` and put a ``LoRALayer`` of ``rank`` on every target projection of its attention
+    blocks (``where="cross"``: of its cross-attentions only; ``convolutions``: on its ResBlocks' convolutions
+    too; ``layers``: only those full names), in place; returns it. Only the adapters' A and B then train."""
     model.requires_grad_(False)
     found = 0
-    for parent, target, name in list(_attention_projections(model, targets, where)):
+    for parent, target, name in list(_targets(model, targets, where, convolutions)):
         if layers is not None and name not in layers:
             continue
         layer = getattr(parent, target)
-        if isinstance(layer, LoRALinear):
+        if isinstance(layer, LoRALayer):
             raise ValueError("this model already has LoRA adapters: merge them (merge_lora) or start from the base")
-        setattr(parent, target, LoRALinear(layer, rank, alpha))
+        setattr(parent, target, LoRALayer(layer, rank, alpha))
         found += 1
     if not found:
         raise ValueError(f"no attention projection named {', '.join(targets)} to adapt: LoRA needs attention layers")
@@ -90,8 +105,8 @@ def add_lora(model: nn.Module, rank: int, alpha: float | None = None, targets=TA
 
 
 def lora_layers(model: nn.Module) -> dict:
-    """{full name: LoRALinear} of ``model``."""
-    return {name: module for name, module in model.named_modules() if isinstance(module, LoRALinear)}
+    """{full name: LoRALayer} of ``model``."""
+    return {name: module for name, module in model.named_modules() if isinstance(module, LoRALayer)}
 
 
 def lora_state_dict(model: nn.Module) -> dict:
@@ -106,10 +121,10 @@ def load_lora(model: nn.Module, state: dict, alpha: float | None = None) -> nn.M
     if len(ranks) != 1:
         raise ValueError("a LoRA file holds one rank for every layer (an A and a B per adapted layer)")
     wanted = {key.rsplit(".", 1)[0] for key in state}
-    known = {name for _, _, name in _attention_projections(model)}
+    known = {name for _, _, name in _targets(model, convolutions=True)}
     if not wanted <= known or {f"{name}.{part}" for name in wanted for part in ("A", "B")} != set(state):
         raise ValueError("this LoRA adapts other layers than this model has: it was made for another U-Net")
-    add_lora(model, ranks.pop(), alpha, layers=wanted)
+    add_lora(model, ranks.pop(), alpha, convolutions=True, layers=wanted)
     layers = lora_layers(model)
     with torch.no_grad():
         for key, value in state.items():
@@ -127,8 +142,8 @@ def set_lora_scale(model: nn.Module, scale: float) -> nn.Module:
 
 def merge_lora(model: nn.Module) -> nn.Module:
     """Fold every adapter into its layer (W ← W + s (α/r) B A), in place: a plain model again, as fast as the base."""
-    for parent, target, _ in _attention_projections(model):
+    for parent, target, _ in _targets(model, convolutions=True):
         layer = getattr(parent, target)
-        if isinstance(layer, LoRALinear):
+        if isinstance(layer, LoRALayer):
             setattr(parent, target, layer.merged())
     return model

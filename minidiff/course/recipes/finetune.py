@@ -61,6 +61,7 @@ class FinetuneConfig:
     method: str = "lora"               # "word" (textual inversion), "lora" or "full"
     rank: int = 4                      # LoRA's r
     where: str = "all"                 # LoRA on every attention block, or on the cross-attentions ("cross")
+    convolutions: bool = False         # LoRA on the ResBlocks' convolutions too
     steps: int = 400
     lr: float | None = None            # None: 2e-3 for LoRA's adapters, 5e-4 for every weight
     word_lr: float = 5e-3              # the new words' rows (textual inversion's step size)
@@ -169,7 +170,7 @@ def prepare(model: nn.Module, encoder: PromptEncoder, config: FinetuneConfig) ->
     encoder's new words' rows with their own step size (see the module's docstring)."""
     unet = copy.deepcopy(model).train()
     if config.method == "lora":
-        add_lora(unet, config.rank, where=config.where)
+        add_lora(unet, config.rank, where=config.where, convolutions=config.convolutions)
     else:
         unet.requires_grad_(config.method == "full")
     words = encoder.clip.token_embedding
@@ -212,7 +213,7 @@ def save_adapter(path, learner: Learner, encoder: PromptEncoder, config: Finetun
     the very weights it was trained beside. ``record`` adds strings (steps, wall time) to the metadata."""
     lora = config.method == "lora"
     metadata = {"format": ADAPTER, "method": config.method, "rank": str(config.rank if lora else 0),
-                "where": config.where if lora else "",
+                "where": config.where if lora else "", "convolutions": str(config.convolutions and lora),
                 "words": json.dumps(list(encoder.tokenizer.words), ensure_ascii=False),
                 "base": base, "base_sha256": read_manifest(directory)[base]["sha256"],
                 **{k: str(v) for k, v in record.items()}}
