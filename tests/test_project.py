@@ -67,7 +67,7 @@ def test_chapter_is_committed_clean_with_outputs(notebook):
 
 def test_cli_lists_its_subcommands():
     out = subprocess.run([sys.executable, "-m", "minidiff", "--help"], capture_output=True, text=True).stdout
-    for command in ("demo", "train", "ship", "sample", "generate", "evaluate", "data"):
+    for command in ("demo", "train", "ship", "sample", "generate", "evaluate", "data", "finetune"):
         assert re.search(rf"\b{command}\b", out)
 
 
