@@ -141,7 +141,7 @@ def cmd_generate(args):
         print(f"wrote {path}")
 
 
-FINETUNE_STEPS = 400
+FINETUNE_STEPS = 200
 
 
 def cmd_finetune(args):
@@ -162,7 +162,8 @@ def cmd_finetune(args):
                  "add --prior 0")
     model, decode, encoder = load_text_to_image(args.model)
     try:
-        config = FinetuneConfig(method=args.method, rank=args.rank, steps=args.steps, seed=args.seed)
+        config = FinetuneConfig(method=args.method, rank=args.rank, where="cross", steps=args.steps, seed=args.seed,
+                                word_steps=0 if args.method == "word" else args.word_steps)
         encoder = add_words(encoder, [args.word])
     except ValueError as err:
         sys.exit(f"error: {err}")
@@ -304,10 +305,12 @@ def main(argv=None):
                                     "its captions, one a line, each with the word (default: \"a WORD\")")
     p.add_argument("--word", required=True, help="the new word, e.g. heart: one word of letters")
     p.add_argument("--method", choices=["lora", "full", "word"], default="lora",
-                   help="lora: small adapters on the attention (default); full: every U-Net weight; word: the "
+                   help="lora: small adapters on the cross-attention (default); full: every U-Net weight; word: the "
                         "word's embedding alone (textual inversion)")
     p.add_argument("--rank", type=count(1, 64), default=4, help="LoRA's rank r (default 4)")
     p.add_argument("--steps", type=count(1, 100_000), default=FINETUNE_STEPS, help=f"default {FINETUNE_STEPS}")
+    p.add_argument("--word-steps", type=count(0, 100_000), default=FINETUNE_STEPS,
+                   help=f"pivotal tuning: first this many steps of the word alone (default {FINETUNE_STEPS}; 0: none)")
     p.add_argument("--prior", type=count(0, 10_000), default=200, help="prior preservation: how many pictures the "
                    "base draws of what it knows, to keep knowing it (default 200; 0: none)")
     p.add_argument("--model", default="t2i_shapes", help="the shipped text-to-image model to teach (default t2i_shapes)")

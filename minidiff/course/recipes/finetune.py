@@ -16,6 +16,11 @@ word's row too:
   (``minidiff.models.lora``), the base frozen; the adapter (A's, B's and the row) is a small file.
 * ``"full"`` — every weight of the U-Net.
 
+**Pivotal tuning** (``word_steps``): the word's row first, alone, for a few hundred steps, then the
+method's weights with it. While tuning (LoRA r4 on the cross-attentions, prior preservation, guidance
+7.5): 200 + 200 steps drew the heart in 88 % of the tuning pictures, against 65–77 % without the pivot,
+and memorised less (the training captions' own pictures came back hearts 88 %, not 100 %).
+
 **Prior preservation** (DreamBooth; Ruiz et al., 2022). A few pictures, many steps: the model learns
 them, and forgets the rest — a circle comes out as the new shape. DreamBooth's remedy replays what
 the model knew: pictures the *base* model drew for prompts of its own (``prior``) join the training
@@ -63,6 +68,7 @@ class FinetuneConfig:
     where: str = "all"                 # LoRA on every attention block, or on the cross-attentions ("cross")
     convolutions: bool = False         # LoRA on the ResBlocks' convolutions too
     steps: int = 400
+    word_steps: int = 0                # pivotal tuning: first this many steps of the word's row alone
     lr: float | None = None            # None: 2e-3 for LoRA's adapters, 5e-4 for every weight
     word_lr: float = 5e-3              # the new words' rows (textual inversion's step size)
     batch_size: int = 16
@@ -76,6 +82,8 @@ class FinetuneConfig:
         for name in ("steps", "batch_size"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"{name} must be a whole number ≥ 1, got {getattr(self, name)!r}")
+        if not isinstance(self.word_steps, int) or self.word_steps < 0:
+            raise ValueError(f"word_steps must be a whole number ≥ 0, got {self.word_steps!r}")
 
     @property
     def step_size(self) -> float:
@@ -181,18 +189,41 @@ def prepare(model: nn.Module, encoder: PromptEncoder, config: FinetuneConfig) ->
     return Learner(unet, words)
 
 
+def _train_config(config: FinetuneConfig, steps: int, n: int, progress: bool, seed: int) -> TrainConfig:
+    return TrainConfig(steps=steps, batch_size=min(config.batch_size, n), lr=config.step_size,
+                       warmup_steps=min(20, steps // 10), min_lr_ratio=1.0, ema_decay=None, seed=seed,
+                       device=config.device, log_every=max(1, steps // 20), progress=progress)
+
+
+def pivot(learner: Learner, encoder: PromptEncoder, data: CaptionedPictures, config: FinetuneConfig,
+          progress: bool = True):
+    """Pivotal tuning's first stage: ``config.word_steps`` steps that train the new words' rows alone
+    (textual inversion), every other weight held — so that the adapters then start from a word that
+    already points at something the U-Net can draw. Returns the trainer's result."""
+    held = [p for p in learner.unet.parameters() if p.requires_grad]
+    for p in held:
+        p.requires_grad_(False)
+    try:
+        return train(learner, lambda m, b: text_diffusion_loss(m.unet, b, encoder, caption_dropout=config.caption_dropout),
+                     data, _train_config(config, config.word_steps, len(data), progress, config.seed + 1))
+    finally:
+        for p in held:
+            p.requires_grad_(True)
+
+
 def finetune(model: nn.Module, encoder: PromptEncoder, data: CaptionedPictures, config: FinetuneConfig,
              callbacks=(), progress: bool = True):
     """Teach ``model`` (a text-to-image U-Net) what ``data`` shows (``training_set``), reading prompts
-    with ``encoder`` (``add_words``). Returns the trainer's result; ``result.model`` is the ``Learner``."""
+    with ``encoder`` (``add_words``): ``config.word_steps`` steps of the word alone first (``pivot``),
+    then ``config.steps`` of the method's. Returns the trainer's result of the second stage (its wall
+    time counts both); ``result.model`` is the ``Learner``."""
     learner = prepare(model, encoder, config)
-    train_config = TrainConfig(steps=config.steps, batch_size=min(config.batch_size, len(data)),
-                               lr=config.step_size, warmup_steps=min(20, config.steps // 10), min_lr_ratio=1.0,
-                               ema_decay=None, seed=config.seed, device=config.device,
-                               log_every=max(1, config.steps // 20),
-                               progress=progress)
-    return train(learner, lambda m, b: text_diffusion_loss(m.unet, b, encoder, caption_dropout=config.caption_dropout),
-                 data, train_config, callbacks=callbacks)
+    first = pivot(learner, encoder, data, config, progress) if config.word_steps else None
+    result = train(learner, lambda m, b: text_diffusion_loss(m.unet, b, encoder, caption_dropout=config.caption_dropout),
+                   data, _train_config(config, config.steps, len(data), progress, config.seed), callbacks=callbacks)
+    if first is not None:
+        result.wall_time_s += first.wall_time_s
+    return result
 
 
 def adapter_state(learner: Learner, method: str) -> dict:
