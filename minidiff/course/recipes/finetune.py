@@ -189,6 +189,11 @@ def prepare(model: nn.Module, encoder: PromptEncoder, config: FinetuneConfig) ->
     return Learner(unet, words)
 
 
+def _loss(encoder: PromptEncoder, config: FinetuneConfig):
+    """The learner's loss: ``text_diffusion_loss`` of its U-Net, the prompts read by ``encoder`` (with the new words)."""
+    return lambda learner, batch: text_diffusion_loss(learner.unet, batch, encoder, caption_dropout=config.caption_dropout)
+
+
 def _train_config(config: FinetuneConfig, steps: int, n: int, progress: bool, seed: int) -> TrainConfig:
     return TrainConfig(steps=steps, batch_size=min(config.batch_size, n), lr=config.step_size,
                        warmup_steps=min(20, steps // 10), min_lr_ratio=1.0, ema_decay=None, seed=seed,
@@ -204,7 +209,7 @@ def pivot(learner: Learner, encoder: PromptEncoder, data: CaptionedPictures, con
     for p in held:
         p.requires_grad_(False)
     try:
-        return train(learner, lambda m, b: text_diffusion_loss(m.unet, b, encoder, caption_dropout=config.caption_dropout),
+        return train(learner, _loss(encoder, config),
                      data, _train_config(config, config.word_steps, len(data), progress, config.seed + 1))
     finally:
         for p in held:
@@ -219,7 +224,7 @@ def finetune(model: nn.Module, encoder: PromptEncoder, data: CaptionedPictures, 
     time counts both); ``result.model`` is the ``Learner``."""
     learner = prepare(model, encoder, config)
     first = pivot(learner, encoder, data, config, progress) if config.word_steps else None
-    result = train(learner, lambda m, b: text_diffusion_loss(m.unet, b, encoder, caption_dropout=config.caption_dropout),
+    result = train(learner, _loss(encoder, config),
                    data, _train_config(config, config.steps, len(data), progress, config.seed), callbacks=callbacks)
     if first is not None:
         result.wall_time_s += first.wall_time_s
