@@ -174,11 +174,13 @@ def prior_set(model: nn.Module, decode, encoder: PromptEncoder, n: int = 200, se
 
 
 def prepare(model: nn.Module, encoder: PromptEncoder, config: FinetuneConfig) -> Learner:
-    """The model to train: the base's U-Net (a copy) with LoRA adapters, all trainable, or frozen, and the
-    encoder's new words' rows with their own step size (see the module's docstring)."""
+    """The model to train: the base's U-Net (a copy) with LoRA adapters (A drawn from ``config.seed``), all
+    trainable, or frozen, and the encoder's new words' rows with their own step size (see the module's docstring)."""
     unet = copy.deepcopy(model).train()
     if config.method == "lora":
-        add_lora(unet, config.rank, where=config.where, convolutions=config.convolutions)
+        with torch.random.fork_rng(devices=[]):  # A's random start from the run's seed, whatever ran before
+            torch.manual_seed(config.seed)
+            add_lora(unet, config.rank, where=config.where, convolutions=config.convolutions)
     else:
         unet.requires_grad_(config.method == "full")
     words = encoder.clip.token_embedding
