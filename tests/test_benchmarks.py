@@ -10,6 +10,8 @@ import runpy
 from pathlib import Path
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from minidiff.datasets.shapes import ATTRIBUTES
 from minidiff.diffusion.samplers import SAMPLERS
@@ -186,10 +188,15 @@ def check_finetune(tmp_path, monkeypatch, capsys):
     assert set(rows) == {(m, p) for m in ("LoRA r4", "full") for p in (False, True)}
     lora, full = rows[("LoRA r4", False)], rows[("full", False)]
     assert lora["trainable_numbers"] < 0.05 * full["trainable_numbers"] and lora["adapter_kb"] < full["adapter_kb"]
-    assert [r["trainable_numbers"] for r in report["ranks"]] == [10_432 + 128, 2 * 10_432 + 128]  # r·Σ(in+out) + the word
+    # the cross-attentions' r·Σ(in + out), and the word's row
+    assert [r["trainable_numbers"] for r in report["ranks"]] == [6_080 + 128, 2 * 6_080 + 128]
+    assert lora["trainable_numbers"] == 4 * 6_080 + 128 and lora["word_steps"] == 2
+    assert [r["seed"] for r in report["seeds"]] == [0, 1] and "drift_points" in report["seeds"][1]
     curve = report["overfitting"]["curve"]
     assert [p["step"] for p in curve] == [0, 3, 6] and curve[-1]["train"] < curve[0]["train"]
     assert report["overfitting"]["early_stopping_step"] in (3, 6)
+    strips = load_file(out / "finetune_overfitting.safetensors")
+    assert strips["held_out_captions.6"].shape == (4, 3, 64, 64) and strips["base_prompts.0"].dtype == torch.uint8
 
 
 def check_controlnet(tmp_path, monkeypatch, capsys):

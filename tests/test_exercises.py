@@ -14,12 +14,14 @@ from minidiff.course import (
     control_exercises,
     edit_exercises,
     exercises,
+    finetune_exercises,
     sampling_exercises,
     solutions,
     t2i_exercises,
 )
 
-MODULES = (exercises, sampling_exercises, clip_exercises, t2i_exercises, edit_exercises, control_exercises)
+MODULES = (exercises, sampling_exercises, clip_exercises, t2i_exercises, edit_exercises, control_exercises,
+           finetune_exercises)
 CHECKS = {name[len("check_"):]: fn for module in MODULES for name, fn in inspect.getmembers(module, inspect.isfunction)
           if name.startswith("check_")}
 MISTAKES = {name: mistake for module in MODULES for name, mistake in module.MISTAKES.items()}
@@ -89,7 +91,7 @@ def test_an_unknown_mistake_gets_the_hint_of_the_case_it_fails(name, capsys):
 def test_the_checks_do_not_import_the_answers():
     code = ("import sys; import minidiff.course.exercises, minidiff.course.sampling_exercises, "
             "minidiff.course.clip_exercises, minidiff.course.t2i_exercises, minidiff.course.edit_exercises, "
-            "minidiff.course.control_exercises; "
+            "minidiff.course.control_exercises, minidiff.course.finetune_exercises; "
             "print('minidiff.course.solutions' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
 

@@ -25,7 +25,7 @@ def test_every_box_names_known_chapters_and_every_planned_chapter_has_a_box():
 
 
 def test_chapter_status_splits_built_from_coming():
-    assert chapter_status(("02", "11", "12")) == (["02", "11"], ["12"])
+    assert chapter_status(("02", "12", "13")) == (["02", "12"], ["13"])
 
 
 def test_the_picture_marks_what_is_coming_and_shows_the_pictures_it_is_given():
@@ -33,9 +33,9 @@ def test_the_picture_marks_what_is_coming_and_shows_the_pictures_it_is_given():
     ax = draw_system({"prompt": "“seven”", "loop": [("noise", picture), ("x̂₀", picture)],
                       "picture": [("x₀", picture)]})
     words = " ".join(text.get_text() for text in ax.texts)
-    assert f"12 {CHAPTERS['12']}" in words.replace("\n", " ") and "built in 11" in words
+    assert "built in 11" in words and "built in 12" in words
     assert "“seven”" in words and "built in 04 · 05 · 06 · 07 · 09" in words
     assert len(ax.images) == 3
     dashed = [patch for patch in ax.patches if patch.get_linestyle() == "--"]
-    assert len(dashed) == sum(not chapter_status(box.chapters)[0] for box in SYSTEM) == 1
+    assert len(dashed) == sum(not chapter_status(box.chapters)[0] for box in SYSTEM) == 0  # every chapter is built
     plt.close(ax.figure)

@@ -387,3 +387,59 @@ question("sudden_convergence", options={
    "of 0 and the copy is still learning to read the hint — and then, within about a hundred steps, the drawn "
    "objects snap onto the condition. Zhang et al. call it the sudden convergence: the model does not learn to "
    "follow the condition gradually, it starts to follow it at once.")
+
+
+# ----------------------------------------------------------------------------- chapter 12
+
+question("heart_before", options={
+    "a": "the word has never been in a caption: to CLIP's tokenizer it is four pieces, \" \", \"he\", \"ar\", \"t\", "
+         "that no training picture was ever tied to. Look at what the outline reader says of each picture",
+    "b": "(the right answer)",
+    "c": "the model still reads the colour, the background and the place: only the shape is unknown. Look at the "
+         "pictures: each has an object",
+}, why="A model can only draw what it has learned: for a word it cannot read it draws one of the shapes it "
+   "knows — or a rounded blob halfway between them — in the colours and places the rest of the prompt asks. "
+   "(The judge, trained on clean renders, even calls some of those blobs \"heart\"; the outline does not.)")
+
+question("lora_first_gradient", options={
+    "a": "B is zero, so the change B A x is zero whatever A is — and A's gradient is Bᵀ times the gradient at the "
+         "output, which is zero too",
+    "b": "(the right answer)",
+    "c": "it is the other way round: ∂y/∂B = (α/r)·(A x)ᵀ, and A x is not zero; A's gradient goes through B, which is",
+    "d": "the change is zero at step 0, but its gradient is not: B's gradient is (α/r) times the gradient at the "
+         "output times (A x)ᵀ — and A, random, makes A x non-zero",
+}, answer="b", why="B's gradient reads A x, which is not zero; A's gradient reads B, which is. So the first step "
+   "moves B alone, away from zero, and from the second step on both train. The adapted model starts as the base, "
+   "exactly — the same idea as chapter 11's zero convolutions — and still learns.")
+
+question("rank_enough", options={
+    "1": "rank 1 gives each adapted layer one direction to change in: look at its accuracy beside the others'",
+    "2": "look at the table: is rank 2 within 5 points of the best rank's hearts?",
+    "4": "look at the table: is rank 4 within 5 points of the best rank's hearts — and is a smaller one already?",
+    "8": "a larger rank has more numbers to learn from 8 pictures, not more to learn: compare it with the smaller "
+         "ranks' accuracy",
+    "16": "16 has 16 times the numbers of rank 1 and learns from the same 8 pictures: compare their accuracy",
+}, why="The smallest rank within 5 points of the best is enough: what a handful of pictures can teach is a small "
+   "change, and more rank only adds numbers to fit them with (Hu et al. found rank 1–4 enough for GPT-3). The "
+   "differences between the ranks are a few pictures out of 96: training with another seed moves them by as much.")
+
+question("held_out_loss", options={
+    "a": "look at the orange curve after the early-stopping line: does it keep falling?",
+    "b": "look at where the orange curve is lowest, and at what it does after that while the blue one goes on down",
+    "c": "look at the first steps: the held-out pictures are hearts like the training ones, so learning the heart "
+         "helps them at first",
+}, why="At first the model learns what the eight pictures share — the heart — and that helps the held-out hearts "
+   "too; then it learns what only those eight have — their exact places, colours, jitter — and the held-out loss "
+   "turns up while the training loss keeps falling. That turn is overfitting, and the step before it is where "
+   "early stopping stops.")
+
+question("most_forgetting", options={
+    "a": "full fine-tuning without prior preservation changes every weight of the U-Net and replays nothing of "
+         "the old prompts: look at its drift in the table",
+    "b": "prior preservation replays the base's own pictures: look at how much it keeps",
+    "c": "LoRA changes only its low-rank adapters, 1.8 % of the numbers: look at its drift beside full fine-tuning's",
+    "d": "LoRA with prior preservation is the recipe's choice: look at how little it forgets",
+}, why="Forgetting is what the training pulls the old weights away from. Full fine-tuning moves every weight toward "
+   "eight pictures of hearts and nothing pulls back; prior preservation (the article's \"replay\") shows the base's "
+   "own pictures beside the new ones, and LoRA (its \"parallel model\") leaves the old weights untouched and adds "
+   "a small change beside them.")

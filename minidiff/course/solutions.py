@@ -196,3 +196,13 @@ def add_control(unet, x, t, residuals):
             h = torch.cat([h, skips.pop()], dim=1)
         h = unet._run(layers, h, emb, {})
     return F.pixel_shuffle(unet.head(h), unet.config.patch_size)
+
+
+def lora_forward(x, W, b, A, B, alpha):
+    """The frozen layer plus the low-rank path: x Wᵀ + b + (α / r) (x Aᵀ) Bᵀ."""
+    return x @ W.T + b + alpha / A.shape[0] * (x @ A.T) @ B.T
+
+
+def merge_lora(W, A, B, alpha, scale):
+    """One weight for the adapted layer at LoRA scale s: W + s (α / r) B A."""
+    return W + scale * alpha / A.shape[0] * B @ A

@@ -22,7 +22,7 @@ CHAPTERS = {
     "06": "samplers", "07": "latent diffusion", "08": "CLIP", "09": "text-to-image",
     "10": "img2img & inpainting", "11": "ControlNet", "12": "fine-tuning & LoRA",
 }
-BUILT_CHAPTERS = frozenset({"00", "01", "02", "03", "04", "05", "06", "07", "08", "09", "10", "11"})  # the notebooks in chapters/ today
+BUILT_CHAPTERS = frozenset({"00", "01", "02", "03", "04", "05", "06", "07", "08", "09", "10", "11", "12"})  # the notebooks in chapters/ today
 
 BUILT_COLOUR, COMING_COLOUR = "tab:green", "0.55"
 LINE, CHAR = 0.45, 0.22  # a line of a box's words: its height, and the width of a letter (drawing units)

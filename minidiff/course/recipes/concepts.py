@@ -47,13 +47,20 @@ GUIDANCE = 7.5  # a newly taught word is faint: chosen on the tuning prompts (Lo
 DRAW = dict(guidance_scale=GUIDANCE, sampler="dpmpp_2m", num_inference_steps=20, progress=False)
 
 
-def concept_training_set(model, decode, encoder, prior: int = PRIOR, shape: str = CONCEPT):
+def concept_training_set(model, decode, encoder, prior: int = PRIOR, shape: str = CONCEPT, replay=None):
     """The protocol's eight pictures of ``shape`` with their English training wordings, and ``prior`` of the
-    base's own pictures (none for 0): what every chapter-12 run trains on."""
+    base's own pictures (none for 0): what every chapter-12 run trains on. ``replay``: those pictures
+    already drawn (``concept_prior``), to share between runs."""
     shown = concept_pictures(shape=shape)
     captions = [all_captions(a, languages=("en",)) for a in shown["attributes"]]
-    replay = prior_set(model, decode, encoder, prior, scenes=shown["attributes"], progress=False) if prior else None
-    return training_set(encoder, decode, shown["images"], captions, replay)
+    if replay is None and prior:
+        replay = concept_prior(model, decode, encoder, prior, shape)
+    return training_set(encoder, decode, shown["images"], captions, replay if prior else None)
+
+
+def concept_prior(model, decode, encoder, prior: int = PRIOR, shape: str = CONCEPT):
+    """Prior preservation's ``prior`` pictures for the protocol's pictures of ``shape`` (``prior_set``)."""
+    return prior_set(model, decode, encoder, prior, scenes=concept_pictures(shape=shape)["attributes"], progress=False)
 
 
 def measure_concept(model, decode, encoder, *, draws: int = DRAWS, base: int = BASE_PROMPTS,
