@@ -90,9 +90,9 @@ def write_atomic(path, write) -> Path:
     remove_orphans(path.parent)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp")
     os.close(fd)
-    os.chmod(tmp, 0o644)  # mkstemp makes files private; these are ordinary data files
     try:
         write(tmp)
+        os.chmod(tmp, 0o644)  # mkstemp (and some writers, safetensors') make files private; these are data files
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())  # the data must be on disk before the rename makes it visible
         os.replace(tmp, path)

@@ -189,3 +189,24 @@ def test_a_write_killed_midway_leaves_nothing_the_next_write_does_not_remove(tmp
     write_atomic(tmp_path / "next.png", lambda tmp: open(tmp, "w").write("whole"))
     assert not orphan.exists() and live.exists() and (tmp_path / "next.png").read_text() == "whole"
     assert not (tmp_path / "samples.png").exists()
+
+
+def test_written_files_are_readable_by_others_whatever_the_writer_made(tmp_path):
+    """mkstemp makes the temporary file private, and a writer may make its own (safetensors does): the file
+    that lands is an ordinary data file (rw-r--r--), like one a student copies or commits."""
+    import os
+    import stat
+    from pathlib import Path
+
+    import torch
+
+    from minidiff.files import save_safetensors_atomic, write_atomic
+
+    def private(tmp):
+        Path(tmp).unlink()
+        Path(tmp).write_text("x")
+        os.chmod(tmp, 0o600)
+
+    for path in (write_atomic(tmp_path / "a.txt", private),
+                 save_safetensors_atomic({"w": torch.zeros(2)}, tmp_path / "b.safetensors")):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644
