@@ -59,6 +59,11 @@ SMOKE = dict(steps=4, word_steps=2, draws=1, base=4, curve_base=4, ranks=[1, 2],
 STRIP = 4  # pictures of each kind kept at every step of the overfitting curve
 
 
+def strip(pictures: torch.Tensor) -> torch.Tensor:
+    """The first ``STRIP`` pictures, (N, 3, H, W) in [-1, 1], as uint8 (the strips' file format)."""
+    return ((pictures[:STRIP] + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+
+
 def run(name, settings, prior, args, base, decode, encoder, replay, callbacks=()):
     """One teaching run and its scores (and the taught model, for the overfitting curves)."""
     taught = add_words(encoder, [CONCEPT])
@@ -124,7 +129,7 @@ def overfitting(args, base, decode, encoder, replay) -> dict:
                       "held_out_captions_shape": concept_scores(drawn, held["attributes"] * 2)["shape"],
                       "base_prompts_all_correct": kept})
         for kind, pictures in (("held_out_captions", drawn), ("base_prompts", old)):
-            strips[f"{kind}.{state.step}"] = ((pictures[:STRIP] + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+            strips[f"{kind}.{state.step}"] = strip(pictures)
         print(curve[-1], flush=True)
         unet.train()
 
@@ -132,7 +137,7 @@ def overfitting(args, base, decode, encoder, replay) -> dict:
     run("full, long", dict(method="full", steps=args.long, word_steps=0), False, args, base, decode, encoder, replay,
         callbacks=[(args.every, measure)])
     best = min(curve[1:], key=lambda point: point["held_out"])
-    strips["training_pictures"] = ((shown["images"][:STRIP] + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    strips["training_pictures"] = strip(shown["images"])
     return {"curve": curve, "held_out_floor": floor, "early_stopping_step": best["step"],
             "held_out_captions": held["captions"][:STRIP], "base_prompts": prompts[:STRIP]}, strips
 
