@@ -4,7 +4,7 @@ costs, what it makes the model forget, and how overfitting looks.
     python benchmarks/finetune.py                                   # about an hour on the project's CPU
     python benchmarks/finetune.py --smoke --results /tmp/finetune   # seconds: the same code, tiny counts
 
-Every run teaches the new-concept protocol's eight pictures (``minidiff.concept_protocol``; the recipe
+Every run teaches the new-concept protocol's ten pictures (``minidiff.concept_protocol``; the recipe
 ``lora_heart``'s data, ``concepts.concept_training_set``) and is scored by ``concepts.measure_concept``: the
 24 recontextualisation prompts × ``--draws`` pictures, read by the judge and by the outline (the heart counts
 only when both agree), and the drift — the base prompts' all-five accuracy, in points, below the base model's.
@@ -19,10 +19,10 @@ timed once, ``prior_pictures_s``).
 **Rank.** The recipe (LoRA on the cross-attentions, prior preservation) at r ∈ ``--ranks``.
 
 **Seeds.** The recipe again with each training seed of ``--seeds``: how far one run's numbers are from
-another's — the yardstick for every difference in the tables (eight pictures, 96 test pictures).
+another's — the yardstick for every difference in the tables (ten pictures, 96 test pictures).
 
 **Overfitting.** Full fine-tuning without prior preservation for ``--long`` steps. Every ``--every`` steps:
-the loss on the eight training pictures and on the eight held-out pictures of the same corner of the world
+the loss on the ten training pictures and on the ten held-out pictures of the same corner of the world
 (the same noise and steps each time), the samples' distance to the nearest training picture (pictures drawn
 for the held-out pictures' captions; the held-out pictures' own distance is the floor for pictures that are
 new), and the accuracy on ``--curve-base`` base prompts. Early stopping keeps the step of the lowest held-out
@@ -40,7 +40,7 @@ import matplotlib
 import torch
 from smoke import add_output_options, parse_args
 
-from minidiff.concept_protocol import CONCEPT, base_prompts, concept_pictures, concept_scores
+from minidiff.concept_protocol import CONCEPT, SHOWN_PICTURES, base_prompts, concept_pictures, concept_scores
 from minidiff.course.recipes import concepts
 from minidiff.course.recipes.clip import CaptionedPictures
 from minidiff.course.recipes.finetune import FinetuneConfig, add_words, adapter_state, finetune
@@ -148,8 +148,8 @@ def plot(results: dict, folder) -> None:
     curve = results["overfitting"]["curve"]
     steps = [p["step"] for p in curve]
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
-    axes[0].plot(steps, [p["train"] for p in curve], label="the 8 training pictures")
-    axes[0].plot(steps, [p["held_out"] for p in curve], label="8 held-out pictures")
+    axes[0].plot(steps, [p["train"] for p in curve], label=f"the {SHOWN_PICTURES} training pictures")
+    axes[0].plot(steps, [p["held_out"] for p in curve], label=f"{SHOWN_PICTURES} held-out pictures")
     axes[0].axvline(results["overfitting"]["early_stopping_step"], color="grey", ls=":", label="early stopping")
     axes[0].set(xlabel="step", ylabel="diffusion loss", title="loss")
     axes[1].plot(steps, [p["nearest_training_picture"] for p in curve], label="samples for held-out captions")

@@ -30,8 +30,8 @@ def shown():
     return concept_pictures()
 
 
-def test_the_student_gets_eight_pictures_of_the_concept_in_a_narrow_world(shown):
-    assert shown["images"].shape == (8, 3, 64, 64) and shown["images"].abs().max() <= 1
+def test_the_student_gets_ten_pictures_of_the_concept_in_a_narrow_world(shown):
+    assert shown["images"].shape == (10, 3, 64, 64) and shown["images"].abs().max() <= 1
     for a, c in zip(shown["attributes"], shown["captions"]):
         assert a["shape"] == CONCEPT and CONCEPT in c
         assert all(a[name] in values for name, values in SHOWN.items())

@@ -166,14 +166,14 @@ def test_the_shipped_heart_adapter_is_small_and_says_what_it_was_made_on():
 @pytest.mark.slow
 def test_the_shipped_heart_adapter_draws_hearts_where_it_never_saw_one_and_keeps_the_old_shapes():
     """Measured when shipped (24 recontextualisation prompts × 4 seeds, guidance 7.5; 200 base prompts):
-    71.9 % hearts by both readers (the base: 0 %), the base prompts all five right 95.0 % (the base: 99.5 %)."""
+    87.5 % hearts by both readers (the base: 0 %), the base prompts all five right 97.5 % (the base: 99.5 %)."""
     from minidiff.course.recipes.concepts import measure_concept
     from minidiff.weights import read_manifest
     recorded = read_manifest()["lora_heart"]["metrics"]
     scores = measure_concept(*load_adapter("lora_heart"))
     assert abs(scores["concept"]["shape"] - recorded["recontext_shape"]) < 0.03
     assert abs(scores["base_prompts_all_correct"] - recorded["base_prompts_all_correct"]) < 0.02
-    assert scores["concept"]["shape"] >= 0.65 and recorded["drift_points"] <= 5
+    assert scores["concept"]["shape"] >= 0.85 and recorded["drift_points"] <= 3
 
 
 def test_the_pivot_trains_the_word_alone_and_leaves_the_adapters_trainable(shipped, hearts):

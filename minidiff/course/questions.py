@@ -416,9 +416,9 @@ question("rank_enough", options={
     "1": "rank 1 gives each adapted layer one direction to change in: look at its accuracy beside the others'",
     "2": "look at the table: is rank 2 within 5 points of the best rank's hearts?",
     "4": "look at the table: is rank 4 within 5 points of the best rank's hearts — and is a smaller one already?",
-    "8": "a larger rank has more numbers to learn from 8 pictures, not more to learn: compare it with the smaller "
+    "8": "a larger rank has more numbers to learn from 10 pictures, not more to learn: compare it with the smaller "
          "ranks' accuracy",
-    "16": "16 has 16 times the numbers of rank 1 and learns from the same 8 pictures: compare their accuracy",
+    "16": "16 has 16 times the numbers of rank 1 and learns from the same 10 pictures: compare their accuracy",
 }, why="The smallest rank within 5 points of the best is enough: what a handful of pictures can teach is a small "
    "change, and more rank only adds numbers to fit them with (Hu et al. found rank 1–4 enough for GPT-3). The "
    "differences between the ranks are a few pictures out of 96: training with another seed moves them by as much.")
@@ -428,8 +428,8 @@ question("held_out_loss", options={
     "b": "look at where the orange curve is lowest, and at what it does after that while the blue one goes on down",
     "c": "look at the first steps: the held-out pictures are hearts like the training ones, so learning the heart "
          "helps them at first",
-}, why="At first the model learns what the eight pictures share — the heart — and that helps the held-out hearts "
-   "too; then it learns what only those eight have — their exact places, colours, jitter — and the held-out loss "
+}, why="At first the model learns what the ten pictures share — the heart — and that helps the held-out hearts "
+   "too; then it learns what only those ten have — their exact places, colours, jitter — and the held-out loss "
    "turns up while the training loss keeps falling. That turn is overfitting, and the step before it is where "
    "early stopping stops.")
 
@@ -440,6 +440,6 @@ question("most_forgetting", options={
     "c": "LoRA changes only its low-rank adapters, 1.8 % of the numbers: look at its drift beside full fine-tuning's",
     "d": "LoRA with prior preservation is the recipe's choice: look at how little it forgets",
 }, why="Forgetting is what the training pulls the old weights away from. Full fine-tuning moves every weight toward "
-   "eight pictures of hearts and nothing pulls back; prior preservation (the article's \"replay\") shows the base's "
+   "ten pictures of hearts and nothing pulls back; prior preservation (the article's \"replay\") shows the base's "
    "own pictures beside the new ones, and LoRA (its \"parallel model\") leaves the old weights untouched and adds "
    "a small change beside them.")

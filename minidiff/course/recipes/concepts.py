@@ -1,11 +1,11 @@
-"""Chapter 12: ``lora_heart`` — ``t2i_shapes`` taught the heart, a shape it never saw, from the eight pictures
+"""Chapter 12: ``lora_heart`` — ``t2i_shapes`` taught the heart, a shape it never saw, from the ten pictures
 of the new-concept protocol (``minidiff.concept_protocol``), as a LoRA adapter of its own.
 
 **Recipe.** The word "heart" gets a token and an embedding row (``finetune.add_words``, started at the shape
 words' mean); LoRA adapters of rank ``RANK`` go on the projections of the U-Net's cross-attentions (where the
 prompt is read: 1.8 % of its numbers at rank 4, against 3.1 % on every attention), the base frozen;
-each of the eight pictures comes with its four English training wordings; prior preservation replays
-``PRIOR`` pictures the base draws of its own prompts (``prior_prompts``: first the eight scenes with each old
+each of the ten pictures comes with its four English training wordings; prior preservation replays
+``PRIOR`` pictures the base draws of its own prompts (``prior_prompts``: first the ten scenes with each old
 shape in the heart's place, then its training prompts), as many as the new ones; pivotal tuning: the word's
 row alone for ``WORD_STEPS`` steps, then the adapters with it for ``STEPS``. Measured while tuning
 (LoRA r4, 400 steps): the swapped scenes lift the recontextualisation from 23 % to 44 % at no cost in drift. Settings
@@ -20,6 +20,7 @@ import time
 
 from minidiff.concept_protocol import (
     CONCEPT,
+    SHOWN_PICTURES,
     base_prompts,
     concept_pictures,
     concept_scores,
@@ -48,7 +49,7 @@ DRAW = dict(guidance_scale=GUIDANCE, sampler="dpmpp_2m", num_inference_steps=20,
 
 
 def concept_training_set(model, decode, encoder, prior: int = PRIOR, shape: str = CONCEPT, replay=None):
-    """The protocol's eight pictures of ``shape`` with their English training wordings, and ``prior`` of the
+    """The protocol's ten pictures of ``shape`` with their English training wordings, and ``prior`` of the
     base's own pictures (none for 0): what every chapter-12 run trains on. ``replay``: those pictures
     already drawn (``concept_prior``), to share between runs."""
     shown = concept_pictures(shape=shape)
@@ -104,7 +105,7 @@ def lora_heart(fast: bool = False, device: str = "auto") -> dict:
     record_file("lora_heart", path, model="LoRA adapter",
                 config={"method": "lora", "rank": RANK, "where": WHERE, "word_steps": config.word_steps, "words": [CONCEPT]},
                 recipe="python -m minidiff train lora_heart --ship", steps=config.steps, wall_time_s=wall,
-                data=f"the new-concept protocol's 8 pictures of a heart (4 English wordings "
+                data=f"the new-concept protocol's {SHOWN_PICTURES} pictures of a heart (4 English wordings "
                      f"each) and {PRIOR} pictures t2i_shapes drew of its own prompts (prior preservation)",
                 hardware=hardware_description(), metrics=metrics, better=("recontext_shape", "higher"),
                 base={"name": BASE, "sha256": manifest[BASE]["sha256"]})
