@@ -1,7 +1,7 @@
 """Fine-tuning, measured (chapter 12): which way of teaching ``t2i_shapes`` the heart learns it, what each one
 costs, what it makes the model forget, and how overfitting looks.
 
-    python benchmarks/finetune.py                                   # about an hour on the project's CPU
+    python benchmarks/finetune.py                                   # about 20 minutes on the project's CPU
     python benchmarks/finetune.py --smoke --results /tmp/finetune   # seconds: the same code, tiny counts
 
 Every run teaches the new-concept protocol's ten pictures (``minidiff.concept_protocol``; the recipe

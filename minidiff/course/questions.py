@@ -420,8 +420,8 @@ question("rank_enough", options={
          "ranks' accuracy",
     "16": "16 has 16 times the numbers of rank 1 and learns from the same 10 pictures: compare their accuracy",
 }, why="The smallest rank within 5 points of the best is enough: what a handful of pictures can teach is a small "
-   "change, and more rank only adds numbers to fit them with (Hu et al. found rank 1–4 enough for GPT-3). The "
-   "differences between the ranks are a few pictures out of 96: training with another seed moves them by as much.")
+   "change, and more rank only adds numbers to fit them with (Hu et al. found rank 1–4 enough for GPT-3). Read the "
+   "differences with care: the same rank-4 recipe trained with another seed moves by up to ten points.")
 
 question("held_out_loss", options={
     "a": "look at the orange curve after the early-stopping line: does it keep falling?",
