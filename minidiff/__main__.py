@@ -95,6 +95,12 @@ def cmd_generate(args):
     from minidiff.models.controlnet import Controlled
     from minidiff.text2image import load_text_to_image, picture_shape, text_to_image
     check_samples_path(args.out)  # before any work
+    keep_outline = getattr(args, "keep_outline", False)
+    if keep_outline:
+        args.model = args.model or KEEP_OUTLINE["model"]
+    elif getattr(args, "control_strength", None) is not None and not getattr(args, "control", None):
+        sys.exit("error: --control-strength scales a ControlNet's condition: give one (--control, or img2img's "
+                 "--keep-outline)")
     if getattr(args, "lora", None):
         from minidiff.course.recipes.finetune import load_adapter, read_adapter
         model, decode, encoder = load_adapter(args.lora, args.model, args.lora_scale)
@@ -107,17 +113,24 @@ def cmd_generate(args):
         sys.exit(f"error: {args.model} draws into the hole of a picture: use `python -m minidiff inpaint IMAGE MASK PROMPT "
                  f"--model {args.model}`")
     control = getattr(args, "control", None)
-    if isinstance(model, Controlled) != bool(control):
-        sys.exit(f'error: {args.model} is steered by a condition picture: `python -m minidiff generate PROMPT --model '
-                 f'{args.model} --control OUTLINE.png`' if control is None else
+    if isinstance(model, Controlled) != bool(control or keep_outline):
+        sys.exit(f"error: --keep-outline needs a ControlNet that reads masks: leave out --model (it is then "
+                 f"{KEEP_OUTLINE['model']})" if keep_outline else
+                 f'error: {args.model} is steered by a condition picture: `python -m minidiff generate PROMPT --model '
+                 f'{args.model} --control OUTLINE.png` (or `img2img IMAGE PROMPT --keep-outline`)' if control is None else
                  "error: --control needs a ControlNet: add --model controlnet_shapes_edge (an outline) or "
                  "--model controlnet_shapes_mask (a filled mask)")
-    sampler = args.sampler or ("dpmpp_2m" if masked or not getattr(args, "mask", None) else "ddpm")
+    defaults = KEEP_OUTLINE if keep_outline else {}
+    sampler = args.sampler or defaults.get("sampler") or (
+        "dpmpp_2m" if masked or not getattr(args, "mask", None) else "ddpm")
+    steps = args.steps or defaults.get("steps", 20)
     warnings.showwarning = lambda message, *_, **__: print(f"warning: {message}", file=sys.stderr)  # one line
     draw, options = text_to_image, {}
+    if control or keep_outline:
+        options = {"control_strength": defaults.get("control_strength", 1.0) if args.control_strength is None
+                   else args.control_strength}
     if control:
-        options = {"control": load_condition(control, model.controlnet.config.condition_size),
-                   "control_strength": args.control_strength}
+        options["control"] = load_condition(control, model.controlnet.config.condition_size)
     if getattr(args, "image", None):
         channels, size = picture_shape(model, decode)
         image = load_picture(args.image, size, channels)
@@ -129,12 +142,17 @@ def cmd_generate(args):
                 sys.exit(f"error: {args.model} sees the picture at every step and needs no RePaint resampling: "
                          "leave out --jump-length and --resamplings")
         else:
-            options = {"strength": args.strength}
+            options["strength"] = args.strength
+        if keep_outline:
+            from minidiff.edit_protocol import object_mask
+            options["control"] = object_mask(image)
+            if not options["control"].any():
+                sys.exit(f"error: {args.image} shows no object to keep: every pixel has the colour of its border")
         options["image"] = image
     try:
         images = draw(model, encoder, prompt=args.prompt, n=args.n, negative_prompt=args.negative,
                       guidance_scale=args.guidance, decode=decode, sampler=sampler,
-                      num_inference_steps=args.steps, seed=args.seed, **options)
+                      num_inference_steps=steps, seed=args.seed, **options)
     except ValueError as err:  # e.g. an unknown sampler, with the list to choose from
         sys.exit(f"error: {err}")
     for path in save_samples(images, None, args.out):
@@ -142,6 +160,9 @@ def cmd_generate(args):
 
 
 FINETUNE_STEPS = 200
+# img2img --keep-outline: the picture's own object, read by colour, steers the mask ControlNet; the settings
+# that kept both the outline and the asked colour most often on tuning renders (benchmarks/editing.py)
+KEEP_OUTLINE = {"model": "controlnet_shapes_mask", "control_strength": 1.5, "sampler": "euler_ancestral", "steps": 50}
 
 
 def cmd_finetune(args):
@@ -236,11 +257,16 @@ def number(low: float, high: float):
     return _in_range(float, "a number", low, high, "g")
 
 
+def control_strength_option(p, default: str = "1") -> None:
+    p.add_argument("--control-strength", type=number(0, 2),
+                   help=f"how strongly the condition steers, 0 (not at all: the base model) to 2 (default {default})")
+
+
 def drawing_options(p, out: str, sampler: str = "dpmpp_2m") -> None:
     """What every text-to-image command takes besides the prompt (``sampler``: its default, as help text)."""
     p.add_argument("--negative", default="", help="a negative prompt: what to steer away from (default: none)")
     p.add_argument("--guidance", type=number(0, 50), default=3.0, help="guidance scale s (1: none; default 3)")
-    p.add_argument("--steps", type=count(1, 1000), default=20, help="sampling steps (default 20)")
+    p.add_argument("--steps", type=count(1, 1000), help="sampling steps (default 20)")
     p.add_argument("--sampler", help=f"default {sampler}; any of " + ", ".join(SAMPLERS))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-n", type=count(1, 10_000), default=4, help="how many pictures (1 to 10,000; default 4)")
@@ -292,8 +318,7 @@ def main(argv=None):
     p.add_argument("prompt", help='what to draw, e.g. "a large red circle on a blue background, top left"')
     p.add_argument("--control", help="a ControlNet's condition picture (with --model controlnet_shapes_edge: a white "
                                      "outline on black; controlnet_shapes_mask: a white mask), 64×64")
-    p.add_argument("--control-strength", type=number(0, 2), default=1.0,
-                   help="how strongly the condition steers, 0 (not at all: the base model) to 2 (default 1)")
+    control_strength_option(p)
     p.add_argument("--lora", help="an adapter written by `finetune`: its new word and what it taught, on its base")
     p.add_argument("--lora-scale", type=number(0, 1), default=1.0,
                    help="how much of the adapter, 0 (the base alone) to 1 (as trained; default)")
@@ -324,6 +349,13 @@ def main(argv=None):
     p.add_argument("--strength", type=number(0, 1), default=0.6,
                    help="how much is redrawn: the share of the steps run, from 0 (the picture) to 1 (all new; "
                         "default 0.6)")
+    p.add_argument("--keep-outline", action="store_true",
+                   help="keep the object's outline and redraw the rest, e.g. its colour: the object's mask, read from "
+                        "the picture by colour, steers --model (a ControlNet that reads masks; default "
+                        f"{KEEP_OUTLINE['model']}, chapter 11); then by default "
+                        f"--control-strength {KEEP_OUTLINE['control_strength']}, --sampler {KEEP_OUTLINE['sampler']}, "
+                        f"--steps {KEEP_OUTLINE['steps']}")
+    control_strength_option(p, f"1; {KEEP_OUTLINE['control_strength']} with --keep-outline")
     drawing_options(p, "outputs/img2img.png")
 
     p = sub.add_parser("inpaint", help="redraw the white part of a mask in a picture with a prompt (RePaint on a "

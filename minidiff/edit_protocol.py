@@ -158,12 +158,16 @@ def inpainting_scores(pictures: torch.Tensor, task: dict) -> dict:
 def img2img_scores(pictures: torch.Tensor, task: dict) -> dict:
     """What an img2img run of ``task`` reached, faithfulness beside obedience and realism: the judge's
     accuracy per attribute against what was asked and all five right; the object read by colour against
-    the input's (mean IoU, and the share with IoU ≥ 0.9); the root-mean-square distance to the input
-    (in [−1, 1] units); judge-FID against the test renders (compare it with the floor at the same count)."""
+    the input's (mean IoU, and the share with IoU ≥ 0.9); both at once, picture by picture (the colour
+    as asked *and* IoU ≥ 0.9); the root-mean-square distance to the input (in [−1, 1] units); judge-FID
+    against the test renders (compare it with the floor at the same count)."""
     report = evaluate_shapes(pictures, task["asked"])
+    column = list(ATTRIBUTES).index("color")
+    colour = judge_read(pictures)[1][:, column] == attribute_labels(task["asked"])[:, column]
     iou = mask_iou(object_mask(pictures), object_mask(task["images"]))
     return {"accuracy": report["accuracy"], "all_correct": report["all_correct"], "fid": report["fid"],
             "object_iou": iou.mean().item(), "layout_kept": (iou >= 0.9).float().mean().item(),
+            "colour_and_layout_kept": (colour & (iou >= 0.9)).float().mean().item(),
             "rms_to_input": (pictures - task["images"]).pow(2).mean().sqrt().item(), "n": len(pictures)}
 
 

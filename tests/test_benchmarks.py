@@ -169,9 +169,12 @@ def check_editing(tmp_path, monkeypatch, capsys):
     out = smoke("editing.py", tmp_path, monkeypatch)
     report = written(out / "editing.json")
     assert (out / "editing_tradeoff.png").stat().st_size > 0
-    assert [r["strength"] for r in report["sdedit"]] == [0.3, 1.0]
-    for row in report["sdedit"]:
-        assert row["n"] == 4 and 0 <= row["accuracy"]["color"] <= 1 and 0 <= row["object_iou"] <= 1
+    assert list(report["sdedit"]) == ["plain", "plain, steered's sampler", "mask ControlNet"]
+    for curve in report["sdedit"].values():
+        assert [r["strength"] for r in curve] == [0.3, 1.0]
+        for row in curve:
+            assert row["n"] == 4 and 0 <= row["accuracy"]["color"] <= 1 and 0 <= row["object_iou"] <= 1
+            assert row["colour_and_layout_kept"] <= min(row["accuracy"]["color"], row["layout_kept"])
     methods = [r["method"] for r in report["inpainting"]]
     assert methods[:4] == ["paste only", "RePaint, 20 steps", "RePaint, 80 steps", "RePaint, 20 steps, 5 resamplings of 5"]
     assert [r["network_calls"] for r in report["inpainting"][:4]] == [20, 20, 80, 80]  # equal calls, compared

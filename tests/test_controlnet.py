@@ -185,3 +185,39 @@ def test_a_grown_model_that_names_its_base_is_not_taken_for_a_controlnet():
     assert type(model) is UNet and decode is not None
     steered, _ = load_denoiser("controlnet_shapes_mask")
     assert isinstance(steered, Controlled) and type(steered.base) is UNet
+
+
+def test_img2img_keep_outline_steers_with_the_pictures_own_object_read_by_colour(
+        encoder, unet, tmp_path, monkeypatch, capsys):  # noqa: F811
+    """``img2img --keep-outline``: the picture's object (``object_mask``) is the ControlNet's condition, with the
+    documented defaults (λ 1.5, Euler ancestral) — the same pictures as ``text_to_image`` called by hand."""
+    from minidiff.__main__ import KEEP_OUTLINE
+    from minidiff.edit_protocol import object_mask
+    ship_controlnet(encoder, unet, tmp_path / "data" / "checkpoints")
+    monkeypatch.setenv("MINIDIFF_DATA", str(tmp_path / "data"))
+    pixels = np.zeros((32, 32, 3), dtype=np.uint8)
+    pixels[..., 2] = 255                                                       # a blue background
+    rows, columns = np.mgrid[:32, :32]
+    pixels[(rows - 12) ** 2 + (columns - 18) ** 2 < 49] = (255, 0, 0)          # a red disc
+    picture, plain, out = tmp_path / "disc.png", tmp_path / "plain.png", tmp_path / "out.png"
+    Image.fromarray(pixels).save(picture)
+    Image.fromarray(np.full((32, 32, 3), 90, dtype=np.uint8)).save(plain)
+    main(["img2img", str(picture), CAPTIONS[1], "--keep-outline", "--model", "control_tiny", "--strength", "0.5",
+          "-n", "2", "--steps", "4", "--seed", "3", "--out", str(out)])
+    drawn = load_samples(out.with_suffix(".safetensors"))[0]
+    model, decode, loaded = load_text_to_image("control_tiny")
+    start = torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 127.5 - 1
+    held = object_mask(start)
+    assert held.sum() == (((rows - 12) ** 2 + (columns - 18) ** 2) < 49).sum()  # the disc, pixel for pixel
+    common = dict(n=2, image=start, strength=0.5, guidance_scale=3.0, decode=decode, sampler=KEEP_OUTLINE["sampler"],
+                  num_inference_steps=4, seed=3, progress=False)
+    by_hand = text_to_image(model, loaded, CAPTIONS[1], control=held, control_strength=KEEP_OUTLINE["control_strength"],
+                            **common)
+    torch.testing.assert_close(drawn, by_hand, atol=1e-5, rtol=1e-5)
+    unsteered = text_to_image(model, loaded, CAPTIONS[1], control=torch.zeros_like(held), control_strength=1.5, **common)
+    assert (drawn - unsteered).abs().max() > 1e-3  # the condition is really read
+    for argv, said in [([str(plain), "x", "--keep-outline", "--model", "control_tiny"], "shows no object to keep"),
+                       ([str(picture), "x", "--keep-outline", "--model", "t2i_tiny"], "needs a ControlNet that reads masks"),
+                       ([str(picture), "x", "--model", "t2i_tiny", "--control-strength", "1"],
+                        "--control-strength scales a ControlNet's condition")]:
+        assert_one_line_error(["img2img", *argv, "--steps", "2", "--out", str(out)], said, capsys)

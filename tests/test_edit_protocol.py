@@ -3,13 +3,14 @@ control tasks, outlines and edge F1."""
 import pytest
 import torch
 
-from minidiff.datasets.shapes import ATTRIBUTES, ShapesDataset, is_held_out
+from minidiff.datasets.shapes import ATTRIBUTES, COLORS, ShapesDataset, is_held_out
 from minidiff.edit_protocol import (
     completion_task,
     control_scores,
     control_task,
     edge_f1,
     grow,
+    img2img_scores,
     mask_iou,
     object_box,
     object_mask,
@@ -53,6 +54,20 @@ def test_a_recolouring_changes_the_colour_only():
         assert asked["color"] != given["color"] and asked["color"] in ATTRIBUTES["color"]
         assert {k: v for k, v in asked.items() if k != "color"} == {k: v for k, v in given.items() if k != "color"}
     assert all("背景" in p for p in task["prompts"])
+
+
+def test_a_recolouring_counts_as_done_only_with_the_asked_colour_and_the_inputs_outline():
+    """The input itself keeps the outline but not the colour; the object painted in the asked colour has
+    both; the asked colour drawn somewhere else has the colour alone."""
+    task = recolour_task(40, seed=5)
+    paint = torch.stack([torch.tensor(COLORS[a["color"]], dtype=torch.float32) / 127.5 - 1 for a in task["asked"]])
+    painted = torch.where(task["object_masks"].bool(), paint[:, :, None, None], task["images"])
+    kept = img2img_scores(task["images"], task)
+    assert kept["layout_kept"] == 1 and kept["accuracy"]["color"] == 0 and kept["colour_and_layout_kept"] == 0
+    done = img2img_scores(painted, task)
+    assert done["accuracy"]["color"] > 0.95 and done["layout_kept"] > 0.95 and done["colour_and_layout_kept"] > 0.9
+    moved = img2img_scores(painted.roll(12, dims=-1), task)  # the same objects, 12 pixels to the right
+    assert moved["accuracy"]["color"] > 0.95 and moved["colour_and_layout_kept"] < 0.2
 
 
 def test_the_object_read_by_colour_is_the_renders_own_mask():
