@@ -17,7 +17,7 @@ prompt; s = 1 is plain text-to-image, which obeys and forgets.
 are decided at the same noise levels, so no strength of plain SDEdit changes the one and keeps the other.
 The same curve with ``controlnet_shapes_mask`` steering ``t2i_shapes``: the condition is the input's own
 object, read by colour (``object_mask``: nothing a user would not have), so the outline is held by the
-control and the strength decides only how freely the colour is redrawn (``STEERED``). Beside it, plain
+control and the strength decides only how freely the colour is redrawn (``KEEP_OUTLINE``). Beside it, plain
 SDEdit with the same sampler and steps, to show that the sampler is not what keeps the outline.
 
 **Inpainting** (``replacement_task``: a new object in the box hole; ``completion_task``: half the object
@@ -50,6 +50,7 @@ from minidiff.datasets.shapes import TEST_SEED
 from minidiff.devices import hardware_description, pick_device
 from minidiff.diffusion.samplers import nfe_for_steps
 from minidiff.edit_protocol import (
+    KEEP_OUTLINE,
     completion_task,
     img2img_scores,
     inpainting_scores,
@@ -69,16 +70,8 @@ GUIDANCE = 3.0
 # spacing at 8 steps drew 88.5 % of the replacements right, even spacing 100 % (at 20 steps both 100 %).
 MASK_MODEL_STEPS = [(20, None), (8, "uniform_t"), (4, "uniform_t")]
 SMOKE = dict(strengths=[0.3, 1.0], recolour=4, seeds=[0], tasks=4, digits=4)
-
-
 PLAIN = dict(sampler="dpmpp_2m", num_inference_steps=20)
-# SDEdit steered by the mask ControlNet. Chosen on 96 tuning renders (TUNE_SEED, noise seeds 0 and 1) at
-# s = 0.6, counting pictures with the asked colour *and* IoU ≥ 0.9: DPM-Solver++(2M) × 20 at λ = 1 gave
-# 71 %, at λ = 1.5 82 %; Euler ancestral × 20 at λ = 1.5 87 %, × 50 89.6 % (a stochastic sampler lets go of
-# the old colour more easily); guidance 4, or λ = 2 or 3, kept fewer outlines or fewer colours; DDPM's
-# even-in-t spacing starts s = 0.6 at a lower noise level, where the old colour often stays (79 % as asked).
-STEERED = dict(sampler="euler_ancestral", num_inference_steps=50)
-CONTROL_STRENGTH = 1.5
+STEERED = {key: KEEP_OUTLINE[key] for key in ("sampler", "num_inference_steps")}  # (how they were chosen: there)
 
 
 def sdedit_curve(model, encoder, decode, n: int, strengths: list, seeds: list, control_strength=None,
@@ -105,18 +98,16 @@ def sdedit_curve(model, encoder, decode, n: int, strengths: list, seeds: list, c
 
 def sdedit_curves(model, encoder, decode, n: int, strengths: list, seeds: list, device) -> dict:
     """Plain SDEdit (DPM-Solver++(2M) × 20, and ``STEERED``'s sampler), and SDEdit steered by the mask ControlNet."""
+    steering, decode_steered, encoder_steered = load_text_to_image(KEEP_OUTLINE["model"])
     curves = {}
-    for name, steered, sampling in (("plain", False, PLAIN), ("plain, steered's sampler", False, STEERED),
-                                    ("mask ControlNet", True, STEERED)):
-        print(f"SDEdit, {name}: {sampling}" + (f", λ = {CONTROL_STRENGTH}" if steered else ""), flush=True)
-        if steered:
-            steering, decode_steered, encoder_steered = load_text_to_image("controlnet_shapes_mask")
-            curves[name] = sdedit_curve(steering.to(device), encoder_steered, decode_steered, n, strengths, seeds,
-                                        CONTROL_STRENGTH, **sampling)
-        else:
-            curves[name] = sdedit_curve(model, encoder, decode, n, strengths, seeds, **sampling)
+    for name, drawer, control_strength, sampling in (
+            ("plain", (model, encoder, decode), None, PLAIN),
+            ("plain, steered's sampler", (model, encoder, decode), None, STEERED),
+            ("mask ControlNet", (steering.to(device), encoder_steered, decode_steered), KEEP_OUTLINE["control_strength"],
+             STEERED)):
+        print(f"SDEdit, {name}: {sampling}" + (f", λ = {control_strength}" if control_strength else ""), flush=True)
+        curves[name] = sdedit_curve(*drawer, n, strengths, seeds, control_strength, **sampling)
     return curves
-
 
 def inpainting_methods(n: int) -> list:
     """(name, model name, options, network calls per picture) for every method compared."""
@@ -236,7 +227,7 @@ def main(argv=None):
     results = {"hardware": hardware_description(device), "device": device.type, "threads": torch.get_num_threads(),
                "real_vs_real_fid_same_count": shapes_real_vs_real_fid(64, n=max(count, 2)),
                "inputs_fid": evaluate_shapes(recolour_task(args.recolour)["images"].repeat(len(args.seeds), 1, 1, 1))["fid"],
-               "sdedit_settings": {"plain": PLAIN, "steered": {**STEERED, "control_strength": CONTROL_STRENGTH},
+               "sdedit_settings": {"plain": PLAIN, "steered": {**STEERED, "control_strength": KEEP_OUTLINE["control_strength"]},
                                    "guidance_scale": GUIDANCE},
                "sdedit": sdedit_curves(model, encoder, decode, args.recolour, args.strengths, args.seeds, device),
                "inpainting": compare_inpainting(args.tasks, device),

@@ -8,6 +8,7 @@ import warnings
 
 from minidiff.devices import pick_device
 from minidiff.diffusion.samplers import SAMPLERS
+from minidiff.edit_protocol import KEEP_OUTLINE, object_mask
 from minidiff.files import DataError
 
 
@@ -113,17 +114,20 @@ def cmd_generate(args):
         sys.exit(f"error: {args.model} draws into the hole of a picture: use `python -m minidiff inpaint IMAGE MASK PROMPT "
                  f"--model {args.model}`")
     control = getattr(args, "control", None)
-    if isinstance(model, Controlled) != bool(control or keep_outline):
+    steered = isinstance(model, Controlled)
+    if keep_outline and not steered:
         sys.exit(f"error: --keep-outline needs a ControlNet that reads masks: leave out --model (it is then "
-                 f"{KEEP_OUTLINE['model']})" if keep_outline else
-                 f'error: {args.model} is steered by a condition picture: `python -m minidiff generate PROMPT --model '
-                 f'{args.model} --control OUTLINE.png` (or `img2img IMAGE PROMPT --keep-outline`)' if control is None else
-                 "error: --control needs a ControlNet: add --model controlnet_shapes_edge (an outline) or "
+                 f"{KEEP_OUTLINE['model']})")
+    if steered and not (control or keep_outline):
+        sys.exit(f'error: {args.model} is steered by a condition picture: `python -m minidiff generate PROMPT --model '
+                 f'{args.model} --control OUTLINE.png` (or `img2img IMAGE PROMPT --keep-outline`)')
+    if control and not steered:
+        sys.exit("error: --control needs a ControlNet: add --model controlnet_shapes_edge (an outline) or "
                  "--model controlnet_shapes_mask (a filled mask)")
     defaults = KEEP_OUTLINE if keep_outline else {}
     sampler = args.sampler or defaults.get("sampler") or (
         "dpmpp_2m" if masked or not getattr(args, "mask", None) else "ddpm")
-    steps = args.steps or defaults.get("steps", 20)
+    steps = args.steps or defaults.get("num_inference_steps", 20)
     warnings.showwarning = lambda message, *_, **__: print(f"warning: {message}", file=sys.stderr)  # one line
     draw, options = text_to_image, {}
     if control or keep_outline:
@@ -144,7 +148,6 @@ def cmd_generate(args):
         else:
             options["strength"] = args.strength
         if keep_outline:
-            from minidiff.edit_protocol import object_mask
             options["control"] = object_mask(image)
             if not options["control"].any():
                 sys.exit(f"error: {args.image} shows no object to keep: every pixel has the colour of its border")
@@ -160,9 +163,6 @@ def cmd_generate(args):
 
 
 FINETUNE_STEPS = 200
-# img2img --keep-outline: the picture's own object, read by colour, steers the mask ControlNet; the settings
-# that kept both the outline and the asked colour most often on tuning renders (benchmarks/editing.py)
-KEEP_OUTLINE = {"model": "controlnet_shapes_mask", "control_strength": 1.5, "sampler": "euler_ancestral", "steps": 50}
 
 
 def cmd_finetune(args):
@@ -354,7 +354,7 @@ def main(argv=None):
                         "the picture by colour, steers --model (a ControlNet that reads masks; default "
                         f"{KEEP_OUTLINE['model']}, chapter 11); then by default "
                         f"--control-strength {KEEP_OUTLINE['control_strength']}, --sampler {KEEP_OUTLINE['sampler']}, "
-                        f"--steps {KEEP_OUTLINE['steps']}")
+                        f"--steps {KEEP_OUTLINE['num_inference_steps']}")
     control_strength_option(p, f"1; {KEEP_OUTLINE['control_strength']} with --keep-outline")
     drawing_options(p, "outputs/img2img.png")
 
